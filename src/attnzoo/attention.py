@@ -1,0 +1,329 @@
+"""Multi-head attention: self-attention, cross-attention, grouped-query attention.
+
+Shapes with ``batch_first=True`` (the default; ``False`` swaps the first two dims of
+inputs and output, as in ``nn.MultiheadAttention``)::
+
+    query (B, L, E)   key (B, S, kdim)   value (B, S, vdim)   ->   out (B, L, E)
+    weights (B, L, S) averaged over heads, or (B, H, L, S) with average_attn_weights=False
+
+Unbatched inputs ``(L, E)`` work too and give ``(L, E)``. Mask arguments keep
+``nn.MultiheadAttention``'s names, shapes and polarity, so existing code can swap modules:
+
+* ``key_padding_mask`` (B, S): bool True = padding, ignored; float = added to the scores.
+* ``attn_mask`` (L, S) or (B·H, L, S): bool True = NOT allowed to attend; float = added.
+* ``is_causal=True`` hides future keys (query i sees keys 0..i); it may be combined with
+  ``attn_mask`` and needs no mask of its own.
+
+(The functional form, :func:`attnzoo.functional.scaled_dot_product_attention`, follows
+``F.scaled_dot_product_attention`` instead: True = may attend.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_dropout, check_dtype_matches, check_mask_dtype, check_positive_int, check_tensor
+from .functional import RowIndex, sdpa
+
+__all__ = ["MultiHeadAttention", "SelfAttention", "CrossAttention"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention, a drop-in for ``nn.MultiheadAttention``.
+
+    ``num_kv_heads`` < ``num_heads`` gives grouped-query attention (1 = multi-query):
+    keys and values get ``num_kv_heads`` heads, each shared by a group of query heads.
+    Parameter names equal ``nn.MultiheadAttention``'s (``in_proj_weight`` or
+    ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``), so state dicts load both ways.
+    The output always comes from torch's fused attention kernel (unless dropout is active
+    and weights are requested); asking for weights adds a separate, lean computation.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        num_kv_heads: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        batch_first: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = check_positive_int("embed_dim", embed_dim)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.num_kv_heads = check_positive_int("num_kv_heads", num_heads if num_kv_heads is None else num_kv_heads)
+        self.kdim = check_positive_int("kdim", embed_dim if kdim is None else kdim)
+        self.vdim = check_positive_int("vdim", embed_dim if vdim is None else vdim)
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim}, num_heads={num_heads}")
+        if num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads must be divisible by num_kv_heads, got num_heads={num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+        self.dropout = check_dropout("dropout", dropout)
+        self.batch_first = batch_first
+        self.head_dim = embed_dim // num_heads
+        self._kv_dim = self.head_dim * self.num_kv_heads
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+
+        factory = {"device": device, "dtype": dtype}
+        rows = embed_dim + 2 * self._kv_dim
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = nn.Parameter(torch.empty(rows, embed_dim, **factory))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        else:
+            self.register_parameter("in_proj_weight", None)
+            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(self._kv_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(self._kv_dim, self.vdim, **factory))
+        self.in_proj_bias = nn.Parameter(torch.empty(rows, **factory)) if bias else None
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The same initialisation as ``nn.MultiheadAttention``."""
+        for w in (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+            if w is not None:
+                nn.init.xavier_uniform_(w)
+        if self.in_proj_bias is not None:
+            nn.init.zeros_(self.in_proj_bias)
+            nn.init.zeros_(self.out_proj.bias)
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention) -> MultiHeadAttention:
+        """Build an equivalent module (same weights, same outputs) from ``nn.MultiheadAttention``."""
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(f"module must be a torch.nn.MultiheadAttention, got {type(module).__name__}")
+        if module.bias_k is not None:
+            raise ValueError("module uses add_bias_kv=True, which attnzoo.MultiHeadAttention does not support")
+        if module.add_zero_attn:
+            raise ValueError("module uses add_zero_attn=True, which attnzoo.MultiHeadAttention does not support")
+        p = module.out_proj.weight
+        new = cls(
+            module.embed_dim, module.num_heads, kdim=module.kdim, vdim=module.vdim,
+            dropout=module.dropout, bias=module.in_proj_bias is not None,
+            batch_first=module.batch_first, device=p.device, dtype=p.dtype,
+        )
+        new.load_state_dict(module.state_dict())
+        return new.train(module.training)
+
+    # ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+        weights_for: RowIndex = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` to ``key``/``value`` (``key=None``: self-attention).
+
+        Returns ``(out, weights)``; ``weights`` is None unless ``need_weights``.
+        ``weights_for`` (index tensor, slice or range of query rows) returns only those
+        rows' weights, so very long sequences can be inspected cheaply.
+        """
+        key = query if key is None else key
+        value = key if value is None else value
+        query, key, value, unbatched = self._check_inputs(query, key, value)
+        if unbatched:
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        B, L, S = query.size(0), query.size(1), key.size(1)
+        mask = self._allowed(key_padding_mask, attn_mask, B, L, S, query.dtype)
+
+        q, k, v = self._project(query, key, value)  # (B, H, L, hs), (B, Hkv, S, hs) ×2
+        out, weights = self.attend(
+            q, k, v, mask=mask, is_causal=is_causal, need_weights=need_weights,
+            average_attn_weights=average_attn_weights, weights_for=weights_for,
+        )
+        if unbatched:
+            out, weights = out.squeeze(0), None if weights is None else weights.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)  # (L, B, E)
+        return out, weights
+
+    def project_query(self, query: Tensor) -> Tensor:
+        """(B, L, E) -> per-head queries (B, H, L, hs)."""
+        w, b = self._weight_slices()[0]
+        return _heads(F.linear(query, w, b), self.num_heads)
+
+    def project_kv(self, key: Tensor, value: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, S, kdim), (B, S, vdim) -> per-head keys and values (B, Hkv, S, hs) each.
+
+        Cross-attention can project an encoder memory once and reuse it every step.
+        """
+        value = key if value is None else value
+        if self._qkv_same_embed_dim and value is key:  # one GEMM for both
+            E = self.embed_dim
+            kv = F.linear(key, self.in_proj_weight[E:], _rows(self.in_proj_bias, E, None))
+            k, v = kv.split(self._kv_dim, dim=-1)  # (B, S, kv) ×2
+        else:
+            _, (wk, bk), (wv, bv) = self._weight_slices()
+            k, v = F.linear(key, wk, bk), F.linear(value, wv, bv)
+        return _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+        weights_for: RowIndex = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention over already projected heads, then the output projection.
+
+        ``q`` (B, H, L, hs), ``k``/``v`` (B, Hkv, S, hs); ``mask`` uses the functional
+        polarity (bool True = may attend, float = added) and broadcasts to (B, H, L, S).
+        Returns ``(out (B, L, E), weights or None)``.
+        """
+        res = sdpa(
+            q, k, v, mask, self.dropout if self.training else 0.0, is_causal,
+            enable_gqa=self.num_kv_heads != self.num_heads, need_weights=need_weights,
+            average_heads=average_attn_weights, weights_for=weights_for,
+        )
+        out, weights = res if need_weights else (res, None)
+        B, _, L, _ = out.shape
+        out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)
+        return self.out_proj(out), weights
+
+    # ----------------------------------------------------------------------------------
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self._qkv_same_embed_dim and query is key and key is value:  # self-attention: one GEMM
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, E + 2·kv)
+            q, k, v = qkv.split([self.embed_dim, self._kv_dim, self._kv_dim], dim=-1)
+            return _heads(q, self.num_heads), _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
+        return (self.project_query(query), *self.project_kv(key, value))
+
+    def _weight_slices(self) -> list[tuple[Tensor, Tensor | None]]:
+        E, kv = self.embed_dim, self._kv_dim
+        bounds = [(0, E), (E, E + kv), (E + kv, E + 2 * kv)]
+        if self._qkv_same_embed_dim:
+            weights = [self.in_proj_weight[a:b] for a, b in bounds]
+        else:
+            weights = [self.q_proj_weight, self.k_proj_weight, self.v_proj_weight]
+        return [(w, _rows(self.in_proj_bias, a, b)) for w, (a, b) in zip(weights, bounds)]
+
+    def _check_inputs(self, query: object, key: object, value: object) -> tuple[Tensor, Tensor, Tensor, bool]:
+        query = check_tensor("query", query, ndim=(2, 3))
+        key = check_tensor("key", key, ndim=query.dim())
+        value = check_tensor("value", value, ndim=query.dim())
+        dtype = self.out_proj.weight.dtype
+        for name, t, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            check_dtype_matches(name, t, dtype, "MultiHeadAttention")
+            if t.size(-1) != dim:
+                arg = {"query": "embed_dim", "key": "kdim", "value": "vdim"}[name]
+                raise ValueError(f"{name} must have {arg}={dim} features (last dim), got shape {tuple(t.shape)}")
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if key.shape[:2] != value.shape[:2]:
+            raise ValueError(
+                f"key and value must have the same batch size and length, got key {tuple(key.shape)} "
+                f"and value {tuple(value.shape)}" + ("" if self.batch_first else " (batch_first=False layout)")
+            )
+        if query.size(0) != key.size(0):
+            raise ValueError(f"query and key must have the same batch size, got {query.size(0)} and {key.size(0)}")
+        return query, key, value, unbatched
+
+    def _allowed(self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
+                 dtype: torch.dtype) -> Tensor | None:
+        """Turn torch-polarity masks into one (B|1, H|1, L|1, S) mask of functional polarity."""
+        masks = []
+        if key_padding_mask is not None:
+            check_mask_dtype("key_padding_mask", key_padding_mask)
+            if key_padding_mask.shape != (B, S):
+                raise ValueError(f"key_padding_mask must have shape (B, S) = {(B, S)}, got {tuple(key_padding_mask.shape)}")
+            masks.append(key_padding_mask.view(B, 1, 1, S))
+        if attn_mask is not None:
+            check_mask_dtype("attn_mask", attn_mask)
+            if attn_mask.shape == (L, S):
+                masks.append(attn_mask)
+            elif attn_mask.shape == (B * self.num_heads, L, S):
+                masks.append(attn_mask.view(B, self.num_heads, L, S))
+            else:
+                raise ValueError(
+                    f"attn_mask must have shape (L, S) = {(L, S)} or (B*num_heads, L, S) = "
+                    f"{(B * self.num_heads, L, S)}, got {tuple(attn_mask.shape)}"
+                )
+        if not masks:
+            return None
+        if all(m.dtype == torch.bool for m in masks):
+            allowed = ~masks[0]
+            return allowed if len(masks) == 1 else allowed & ~masks[1]
+        total = None
+        for m in masks:  # mixed or float masks: add them as score biases
+            bias = m.to(dtype) if m.is_floating_point() else torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
+            total = bias if total is None else total + bias
+        return total
+
+
+class SelfAttention(MultiHeadAttention):
+    """Self-attention: every position of ``x`` (B, L, E) attends to every position of ``x``.
+
+    ``forward(x, ...) == MultiHeadAttention.forward(x, x, x, ...)``; masks as there.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int = 1, **kwargs) -> None:
+        super().__init__(embed_dim, num_heads, **kwargs)
+
+    def forward(  # type: ignore[override]
+        self, x: Tensor, *, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None,
+        is_causal: bool = False, need_weights: bool = False, average_attn_weights: bool = True,
+        weights_for: RowIndex = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        return super().forward(
+            x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
+            need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
+        )
+
+
+class CrossAttention(MultiHeadAttention):
+    """Cross-attention: queries from ``x`` (B, L, E) attend over ``context`` (B, S, context_dim).
+
+    In an encoder-decoder Transformer, ``x`` is the decoder stream and ``context`` the
+    encoder's output. ``context_padding_mask`` (B, S): bool True = padding.
+    """
+
+    def __init__(self, embed_dim: int, context_dim: int | None = None, num_heads: int = 1, **kwargs) -> None:
+        super().__init__(embed_dim, num_heads, kdim=context_dim, vdim=context_dim, **kwargs)
+
+    def forward(  # type: ignore[override]
+        self, x: Tensor, context: Tensor, *, context_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None, need_weights: bool = False, average_attn_weights: bool = True,
+        weights_for: RowIndex = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        return super().forward(
+            x, context, context, key_padding_mask=context_padding_mask, attn_mask=attn_mask,
+            need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
+        )
+
+
+def _heads(x: Tensor, n: int) -> Tensor:
+    """(B, T, n·hs) -> (B, n, T, hs), a view."""
+    B, T, D = x.shape
+    return x.view(B, T, n, D // n).transpose(1, 2)
+
+
+def _rows(bias: Tensor | None, a: int, b: int | None) -> Tensor | None:
+    return None if bias is None else bias[a:b]
+

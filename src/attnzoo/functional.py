@@ -1,0 +1,331 @@
+"""Scaled dot-product attention: the readable formula and the fast path, side by side.
+
+Shapes (any number of leading batch dimensions ``*``; usually ``* = (B, H)``)::
+
+    query (*, L, E)    key (*, S, E)    value (*, S, Ev)  ->  out (*, L, Ev)
+    weights (*, L, S)  (only with need_weights=True)
+
+Mask polarity is that of :func:`torch.nn.functional.scaled_dot_product_attention`:
+a boolean ``attn_mask`` is True where a query MAY attend to a key; a floating-point
+``attn_mask`` is added to the scores. The mask must broadcast to ``(*, L, S)``.
+``is_causal=True`` lets query ``i`` see keys ``0..i`` (top-left aligned, as torch) and,
+unlike torch, may be combined with ``attn_mask``.
+
+Beyond torch:
+
+* ``need_weights=True`` returns ``(out, weights)``. The output still comes from torch's
+  fused kernel; the weights are computed separately, a block of query rows at a time.
+* A query row that may attend to nothing (all keys masked) gives 0 output, 0 weights
+  and finite gradients, on every path, instead of NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import check_dropout, check_mask_dtype, check_tensor
+
+__all__ = ["attention_reference", "attention_weights", "scaled_dot_product_attention"]
+
+# Rows of weights computed at once: keeps a weights block near 2**22 floats (16 MiB in
+# float32), so averaged weights never hold much more than their (B, L, S) result.
+_BLOCK_ELEMENTS = 1 << 22
+# Above this many mask elements a causal+mask combination is built per query block.
+_MASK_ELEMENTS = 1 << 24
+
+RowIndex = Tensor | slice | range | None
+
+
+# --------------------------------------------------------------------------------------
+# The formula. Slow and obvious on purpose: the oracle for the tests and the docs.
+# --------------------------------------------------------------------------------------
+def attention_reference(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    need_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ · scale + mask) V, written as the math (same arguments as the fast path)."""
+    _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
+    L, S = query.size(-2), key.size(-2)
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    if enable_gqa:  # every group of query heads shares one key/value head
+        key = key.repeat_interleave(query.size(-3) // key.size(-3), dim=-3)
+        value = value.repeat_interleave(query.size(-3) // value.size(-3), dim=-3)
+
+    scores = query @ key.transpose(-2, -1) * scale  # (*, L, S)
+    allowed = torch.ones(L, S, dtype=torch.bool, device=query.device)
+    if is_causal:
+        allowed = allowed.tril()  # query i sees keys 0..i
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        allowed = allowed & attn_mask
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    scores = scores.masked_fill(~allowed, float("-inf"))
+
+    empty = scores.isneginf().all(dim=-1, keepdim=True)  # rows that may attend to nothing
+    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    out = weights @ value  # (*, L, Ev)
+    return (out, weights) if need_weights else out
+
+
+# --------------------------------------------------------------------------------------
+# The fast path.
+# --------------------------------------------------------------------------------------
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    need_weights: bool = False,
+    weights_for: RowIndex = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Drop-in for ``F.scaled_dot_product_attention`` that can also return the weights.
+
+    ``weights_for`` (an index tensor, slice or range over the L query rows) restricts the
+    returned weights to those rows, shape ``(*, len(rows), S)``, at O(rows × S) memory.
+    With ``dropout_p > 0`` and ``need_weights`` the output is computed from the returned
+    (dropped-out) weights, so ``out == weights @ value`` still holds.
+    """
+    _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
+    return sdpa(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+        need_weights=need_weights, weights_for=weights_for,
+    )
+
+
+def sdpa(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    need_weights: bool = False,
+    average_heads: bool = False,
+    weights_for: RowIndex = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Unchecked core of :func:`scaled_dot_product_attention` (modules validate first).
+
+    ``average_heads=True`` returns weights averaged over dim -3 (the heads), computed
+    block by block so the per-head weights are never all in memory at once.
+    """
+    if attn_mask is not None and attn_mask.dim() < 2:  # (S,) or scalar: give it a row dim
+        attn_mask = attn_mask.reshape(1, -1)
+    if enable_gqa and query.dim() >= 3 and query.size(-3) != key.size(-3):
+        groups = query.size(-3) // key.size(-3)
+        key = key.repeat_interleave(groups, dim=-3)  # (*, H, S, E)
+        value = value.repeat_interleave(groups, dim=-3)  # (*, H, S, Ev)
+
+    if need_weights and dropout_p > 0.0:
+        # Dropout acts on the weights themselves, so the output must come from them.
+        weights = attention_weights(query, key, attn_mask, is_causal, scale)
+        weights = F.dropout(weights, p=dropout_p)
+        out = weights @ value
+        if average_heads:
+            weights = weights.mean(dim=-3)
+        if weights_for is not None:
+            weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
+        return out, weights
+
+    L, S = query.size(-2), key.size(-2)
+    if attn_mask is not None and is_causal and L * S > _MASK_ELEMENTS:
+        out = _blocked_causal_sdpa(query, key, value, attn_mask, dropout_p, scale)
+    else:
+        out = _fused(query, key, value, attn_mask, dropout_p, is_causal, scale)
+    if not need_weights:
+        return out
+    weights = attention_weights(
+        query, key, attn_mask, is_causal, scale, average_heads=average_heads, rows=weights_for
+    )
+    return out, weights
+
+
+def _fused(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, causal: bool,
+    scale: float | None, offset: int = 0,
+) -> Tensor:
+    """torch's fused kernel, made safe for rows that may attend to nothing.
+
+    ``offset`` is the position of the first query row (for a block of a causal sequence).
+    """
+    if mask is None and offset == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale)
+    if mask is None:
+        mask = torch.ones(1, 1, dtype=torch.bool, device=q.device)
+    mask = _merge_causal(mask, causal, q.size(-2), k.size(-2), offset)
+    mask, empty = _open_empty_rows(mask)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
+    return out.masked_fill(empty, 0.0)  # (*, L, Ev); zero output, zero gradient
+
+
+def _blocked_causal_sdpa(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, scale: float | None
+) -> Tensor:
+    """Causal + mask without an L×S mask: each query block sees only keys up to its end."""
+    L, S = q.size(-2), k.size(-2)
+    rows = max(1, _BLOCK_ELEMENTS // S)
+    outs = []
+    for r0 in range(0, L, rows):
+        r1 = min(L, r0 + rows)
+        s1 = min(S, r1)  # keys past the block's last row are causally invisible
+        m = mask[..., r0:r1, :s1] if mask.size(-2) > 1 else mask[..., :s1]
+        outs.append(_fused(q[..., r0:r1, :], k[..., :s1, :], v[..., :s1, :], m, p, True, scale, r0))
+    return torch.cat(outs, dim=-2)
+
+
+def attention_weights(
+    query: Tensor,
+    key: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    average_heads: bool = False,
+    rows: RowIndex = None,
+) -> Tensor:
+    """softmax(Q Kᵀ · scale + mask) for the chosen query rows, one block of rows at a time.
+
+    Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
+    ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
+    """
+    L, S = query.size(-2), key.size(-2)
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    index = None if rows is None else _row_index(rows, L, query.device)
+    n_rows = L if index is None else index.numel()
+    per_row = S * math.prod(query.shape[:-2])
+    block = max(1, _BLOCK_ELEMENTS // max(1, per_row))
+    kt = key.transpose(-2, -1) * scale  # (*, E, S): scale once, not per block
+
+    blocks = []
+    for b0 in range(0, n_rows, block):
+        b1 = min(n_rows, b0 + block)
+        if index is None:
+            q, pos = query[..., b0:b1, :], torch.arange(b0, b1, device=query.device)
+        else:
+            pos = index[b0:b1]
+            q = query.index_select(-2, pos)
+        scores = q @ kt  # (*, R_blk, S)
+        if attn_mask is not None:
+            m = attn_mask.index_select(-2, pos) if attn_mask.size(-2) > 1 else attn_mask
+            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+        if is_causal:
+            later = torch.arange(S, device=query.device) > pos[:, None]  # (R_blk, S)
+            scores = scores.masked_fill(later, float("-inf"))
+        empty = scores.isneginf().all(dim=-1, keepdim=True)
+        w = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+        blocks.append(w.mean(dim=-3) if average_heads else w)
+    return torch.cat(blocks, dim=-2) if len(blocks) != 1 else blocks[0]
+
+
+# --------------------------------------------------------------------------------------
+# Helpers.
+# --------------------------------------------------------------------------------------
+def _merge_causal(mask: Tensor, causal: bool, L: int, S: int, offset: int) -> Tensor:
+    """Fold a causal triangle (query rows start at ``offset``) into ``mask``."""
+    if not causal:
+        return mask
+    rows = torch.arange(offset, offset + L, device=mask.device)[:, None]
+    later = torch.arange(S, device=mask.device) > rows  # (L, S) True = future key
+    if mask.dtype == torch.bool:
+        return mask & ~later
+    return mask.masked_fill(later, float("-inf"))
+
+
+def _open_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Give rows that may attend to nothing a harmless mask; return where they were.
+
+    The fused kernel would turn such rows into NaN (or NaN gradients); the caller zeroes
+    them afterwards with the returned ``empty`` (shape ``(..., L, 1)``).
+    """
+    if mask.dtype == torch.bool:
+        empty = ~mask.any(dim=-1, keepdim=True)
+        return mask | empty, empty
+    empty = mask.isneginf().all(dim=-1, keepdim=True)
+    return mask.masked_fill(empty, 0.0), empty
+
+
+def _row_index(rows: RowIndex, L: int, device: torch.device) -> Tensor:
+    if isinstance(rows, (slice, range)):
+        rows = range(L)[rows] if isinstance(rows, slice) else rows
+        return torch.arange(rows.start, rows.stop, rows.step, device=device)
+    if not isinstance(rows, Tensor) or rows.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"weights_for must be a slice, range or integer index tensor, got {rows!r:.80}"
+        )
+    rows = rows.to(device=device, dtype=torch.long).reshape(-1)
+    if rows.numel() and (rows.min() < -L or rows.max() >= L):
+        raise ValueError(f"weights_for indexes query rows 0..{L - 1}, got {rows.tolist()!r:.80}")
+    return rows % L
+
+
+def _validate(
+    query: object, key: object, value: object, attn_mask: object, dropout_p: object,
+    enable_gqa: bool,
+) -> None:
+    q = check_tensor("query", query)
+    k = check_tensor("key", key)
+    v = check_tensor("value", value)
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have shape (..., length, features), got {tuple(t.shape)}")
+    if not (q.dim() == k.dim() == v.dim()):
+        raise ValueError(
+            f"query, key and value must have the same rank, got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"query, key and value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.size(-1) != k.size(-1):
+        raise ValueError(
+            f"query and key must have the same head dim (last dim), got {q.size(-1)} and {k.size(-1)}"
+        )
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(
+            f"key and value must agree in batch dims and length, got key {tuple(k.shape)} "
+            f"and value {tuple(v.shape)}"
+        )
+    qb, kb = q.shape[:-2], k.shape[:-2]
+    if enable_gqa and q.dim() >= 3:
+        if qb[:-1] != kb[:-1] or qb[-1] % kb[-1] != 0:
+            raise ValueError(
+                f"with enable_gqa, query heads (dim -3) must be a multiple of key heads and "
+                f"other batch dims equal, got query {tuple(q.shape)} and key {tuple(k.shape)}"
+            )
+    elif qb != kb:
+        raise ValueError(
+            f"query and key must have the same batch dims, got query {tuple(q.shape)} and "
+            f"key {tuple(k.shape)}"
+        )
+    check_dropout("dropout_p", dropout_p)
+    if attn_mask is not None:
+        check_mask_dtype("attn_mask", attn_mask)
+        target = (*qb, q.size(-2), k.size(-2))
+        try:
+            ok = torch.broadcast_shapes(attn_mask.shape, target) == torch.Size(target)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"attn_mask must broadcast to (..., L, S) = {target}, got {tuple(attn_mask.shape)}"
+            )
+        if attn_mask.is_floating_point() and attn_mask.dtype != q.dtype:
+            raise TypeError(f"a float attn_mask must have the query's dtype {q.dtype}, got {attn_mask.dtype}")

@@ -1,0 +1,342 @@
+"""Headless-safe figures of what attention mechanisms attend to.
+
+Every function builds a standalone ``matplotlib.figure.Figure`` on an Agg canvas
+(no pyplot, no global backend or rcParams changes, nothing registered globally,
+so nothing leaks and no display is needed), writes a PNG atomically and returns
+its ``Path``. Array arguments may be torch tensors, numpy arrays or nested lists.
+matplotlib is imported lazily: ``import attnzoo`` works without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnzoo._io import atomic_path
+
+__all__ = [
+    "plot_attention",
+    "plot_channel_profile",
+    "plot_spatial_overlay",
+    "plot_training_curves",
+    "plot_accuracy_bars",
+]
+
+DPI = 110
+ATTN_CMAP = "viridis"
+OVERLAY_CMAP = "magma"
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "": "∅"}  # make whitespace tokens readable
+_MAX_TICKS = 40
+
+PathLike = str | os.PathLike[str]
+
+
+def _new_figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'attnzoo plotting needs matplotlib; install it with: pip install "attnzoo[demo]"'
+        ) from exc
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: PathLike) -> Path:
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    finally:
+        fig.clear()
+    return dest
+
+
+def _array(name: str, x: object, shapes: Sequence[str]) -> np.ndarray:
+    """Convert to a float64 numpy array whose rank matches one of ``shapes`` (e.g. "(L, S)")."""
+    if isinstance(x, torch.Tensor):
+        arr = x.detach().cpu().to(torch.float64).numpy()
+    else:
+        try:
+            arr = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be a tensor or array of numbers, got {type(x).__name__}") from exc
+    ranks = [s.count(",") + 1 for s in shapes]
+    if arr.ndim not in ranks:
+        raise ValueError(f"{name} must have shape {' or '.join(shapes)}, got shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(arr.shape)}")
+    return arr
+
+
+def _labels(name: str, labels: Sequence[Any] | str | None, n: int, what: str) -> list[str] | None:
+    if labels is None:
+        return None
+    out = [_VISIBLE.get(str(s), str(s)) for s in labels]  # a str gives one label per character
+    if len(out) != n:
+        raise ValueError(f"{name} has {len(out)} entries but {what} is {n}")
+    return out
+
+
+def _set_ticks(ax: Any, axis: str, labels: list[str] | None, n: int) -> None:
+    step = max(1, math.ceil(n / _MAX_TICKS))
+    idx = list(range(0, n, step))
+    texts = [labels[i] for i in idx] if labels is not None else [str(i) for i in idx]
+    if axis == "x":
+        long = any(len(t) > 2 for t in texts)
+        ax.set_xticks(idx)
+        ax.set_xticklabels(texts, rotation=60 if long else 0, ha="right" if long else "center",
+                           rotation_mode="anchor", fontsize=8)
+    else:
+        ax.set_yticks(idx)
+        ax.set_yticklabels(texts, fontsize=8)
+    ax.tick_params(length=2)
+
+
+def plot_attention(weights: Any, path: PathLike, *, query_labels: Sequence[Any] | str | None = None,
+                   key_labels: Sequence[Any] | str | None = None, title: str | None = None,
+                   head_titles: Sequence[str] | None = None, max_heads: int = 8) -> Path:
+    """Heatmap of attention weights: (L, S) gives one map; (H, L, S) one per head plus their mean.
+
+    Rows are queries (``query_labels``, length L), columns keys (``key_labels``,
+    length S); a string counts as one label per character. At most ``max_heads``
+    heads are drawn; the mean panel always averages all H.
+    """
+    w = _array("weights", weights, ["(L, S)", "(H, L, S)"])
+    if isinstance(max_heads, bool) or not isinstance(max_heads, int) or max_heads < 1:
+        raise ValueError(f"max_heads must be a positive int, got {max_heads!r}")
+    if w.ndim == 2:
+        w = w[None]
+    n_heads, n_q, n_k = w.shape
+    qlab = _labels("query_labels", query_labels, n_q, "the number of queries L in weights")
+    klab = _labels("key_labels", key_labels, n_k, "the number of keys S in weights")
+    if head_titles is not None:
+        head_titles = [str(t) for t in head_titles]
+        if len(head_titles) != n_heads:
+            raise ValueError(f"head_titles has {len(head_titles)} entries but weights has H={n_heads} heads")
+
+    if n_heads == 1:
+        panels = [(w[0], head_titles[0] if head_titles else None)]
+    else:
+        shown = min(n_heads, max_heads)
+        panels = [(w[h], head_titles[h] if head_titles else f"head {h}") for h in range(shown)]
+        panels.append((w.mean(axis=0), f"mean of {n_heads} heads"))
+        if shown < n_heads:
+            title = f"{title + '  ' if title else ''}(first {shown} of {n_heads} heads shown)"
+    rows = math.ceil(len(panels) / 4)
+    cols = math.ceil(len(panels) / rows)
+    cell = min(0.34, max(0.1, 5.0 / max(n_q, n_k)))
+    fig = _new_figure(cols * (n_k * cell + 1.0) + 0.9, rows * (n_q * cell + 1.0) + (0.4 if title else 0.1))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    finite = w[np.isfinite(w)]
+    vmin = min(0.0, float(finite.min())) if finite.size else 0.0
+    vmax = float(finite.max()) if finite.size else 1.0
+    vmax = vmax if vmax > vmin else vmin + 1.0
+    for i, (ax, (data, sub)) in enumerate(zip(axes, panels)):
+        im = ax.imshow(data, cmap=ATTN_CMAP, vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest")
+        _set_ticks(ax, "x", klab, n_k)
+        _set_ticks(ax, "y", qlab, n_q)
+        if sub:
+            ax.set_title(sub, fontsize=10, fontweight="bold" if sub.startswith("mean of") else "normal")
+        if i % cols == 0:
+            ax.set_ylabel("query", fontsize=9)
+        if i >= len(panels) - cols:
+            ax.set_xlabel("key", fontsize=9)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(im, ax=list(axes[: len(panels)]), shrink=0.9 if rows > 1 else 1.0, label="weight")
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return _save(fig, path)
+
+
+def plot_channel_profile(gates: Any, path: PathLike, *, labels: Sequence[Any] | None = None,
+                         title: str | None = None) -> Path:
+    """Mean gate per channel: (K, C) gives a class-by-channel heatmap, (C,) a bar chart.
+
+    ``labels`` names the K profiles (rows); for a single (C,) profile it may hold
+    one name, used as the y-axis label.
+    """
+    g = _array("gates", gates, ["(C,)", "(K, C)"])
+    n_ch = g.shape[-1]
+    if g.ndim == 1:
+        names = _labels("labels", labels, 1, "1 for a single (C,) profile")
+        fig = _new_figure(min(12.0, max(5.0, 0.14 * n_ch + 2.0)), 3.2)
+        ax = fig.subplots()
+        ax.bar(np.arange(n_ch), g, width=0.8, color="#3b6fb6")
+        ax.set_xlim(-0.6, n_ch - 0.4)
+        ax.set_ylabel(names[0] if names else "mean gate", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    else:
+        n_cls = g.shape[0]
+        names = _labels("labels", labels, n_cls, "the number of rows K in gates")
+        fig = _new_figure(min(14.0, max(6.0, 0.13 * n_ch + 2.5)), min(10.0, max(2.6, 0.32 * n_cls + 1.4)))
+        ax = fig.subplots()
+        im = ax.imshow(g, cmap=ATTN_CMAP, aspect="auto", interpolation="nearest")
+        _set_ticks(ax, "y", names, n_cls)
+        ax.set_ylabel("class", fontsize=9)
+        fig.colorbar(im, ax=ax, label="mean gate", pad=0.01)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=min(n_ch, 16), integer=True))
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("channel", fontsize=9)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _squeeze_channel(name: str, x: np.ndarray) -> np.ndarray:
+    if x.ndim == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"{name} must have shape (N, H, W) or (N, 1, H, W), got shape {tuple(x.shape)}")
+        x = x[:, 0]
+    return x
+
+
+def plot_spatial_overlay(images: Any, gates: Any, path: PathLike, *, boxes: Any = None,
+                         titles: Sequence[str] | None = None, ncols: int = 4) -> Path:
+    """Grid of grayscale images with their spatial gates overlaid (upsampled bilinearly).
+
+    ``boxes`` (N, 4) are pixel boxes ``(top, left, bottom, right)`` with exclusive
+    bottom/right, as in ``image[top:bottom, left:right]``. All gates share one colour
+    scale so panels are comparable.
+    """
+    img = _squeeze_channel("images", _array("images", images, ["(N, H, W)", "(N, 1, H, W)"]))
+    gate = _squeeze_channel("gates", _array("gates", gates, ["(N, h, w)", "(N, 1, h, w)"]))
+    n, height, width = img.shape
+    if gate.shape[0] != n:
+        raise ValueError(f"gates must have N={n} maps to match images, got shape {tuple(gate.shape)}")
+    box = None
+    if boxes is not None:
+        box = _array("boxes", boxes, ["(N, 4)"])
+        if box.shape != (n, 4):
+            raise ValueError(f"boxes must have shape ({n}, 4), got shape {tuple(box.shape)}")
+    if titles is not None:
+        titles = [str(t) for t in titles]
+        if len(titles) != n:
+            raise ValueError(f"titles has {len(titles)} entries but images has N={n}")
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    up = torch.nn.functional.interpolate(torch.from_numpy(gate)[:, None], size=(height, width),
+                                         mode="bilinear", align_corners=False)[:, 0].numpy()
+    finite = up[np.isfinite(up)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    vmax = vmax if vmax > vmin else vmin + 1e-6
+
+    from matplotlib.patches import Rectangle
+
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    panel = 2.3 * min(1.5, max(0.6, max(height, width) / 64))
+    fig = _new_figure(cols * panel * width / max(height, width) + 0.8, rows * (panel + 0.25))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(img[i], cmap="gray", interpolation="nearest")
+        im = ax.imshow(up[i], cmap=OVERLAY_CMAP, vmin=vmin, vmax=vmax, alpha=0.5, interpolation="nearest")
+        if box is not None:
+            top, left, bottom, right = box[i]
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
+                                   fill=False, edgecolor="#00e5ff", linewidth=1.5))
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="gate", pad=0.02)
+    return _save(fig, path)
+
+
+def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path: PathLike, *,
+                         title: str | None = None) -> Path:
+    """Loss (and, where recorded, accuracy) per epoch, one line per model name."""
+    if not isinstance(histories, Mapping) or not histories:
+        raise ValueError("histories must be a non-empty dict name -> {'loss': [...], 'accuracy': [...]}")
+    series: dict[str, dict[str, np.ndarray]] = {}
+    for name, hist in histories.items():
+        if not isinstance(hist, Mapping) or "loss" not in hist:
+            raise ValueError(f"histories[{name!r}] must be a dict with a 'loss' list")
+        series[name] = {"loss": _array(f"histories[{name!r}]['loss']", hist["loss"], ["(T,)"])}
+        if hist.get("accuracy") is not None:
+            series[name]["accuracy"] = _array(f"histories[{name!r}]['accuracy']", hist["accuracy"], ["(T,)"])
+    keys = ["loss"] + (["accuracy"] if any("accuracy" in s for s in series.values()) else [])
+    fig = _new_figure(5.0 * len(keys) + 0.5, 3.6)
+    axes = fig.subplots(1, len(keys), squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        for (name, s), color in zip(series.items(), _colors(len(series))):
+            if key in s:
+                y = s[key]
+                x = np.arange(1, len(y) + 1)
+                ax.plot(x, y, label=str(name), color=color, linewidth=1.6, marker="o" if len(y) <= 30 else None,
+                        markersize=3)
+        losses = np.concatenate([s["loss"] for s in series.values()])
+        losses = losses[np.isfinite(losses)]
+        if key == "loss" and losses.size and losses.min() > 0 and losses.max() / losses.min() > 20:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_ylabel(key, fontsize=9)
+        ax.set_title(key, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].legend(fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return _save(fig, path)
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *, title: str | None = None,
+                       ylabel: str = "test accuracy") -> Path:
+    """Bar chart of ``name -> (mean, std)`` with error bars and the mean printed on each bar."""
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError("results must be a non-empty dict name -> (mean, std)")
+    names, means, stds = [], [], []
+    for name, value in results.items():
+        arr = _array(f"results[{name!r}]", value, ["(2,)"])
+        if arr.shape != (2,) or not np.all(np.isfinite(arr)) or arr[1] < 0:
+            raise ValueError(f"results[{name!r}] must be a finite (mean, std) pair with std >= 0, got {value!r}")
+        names.append(str(name))
+        means.append(arr[0])
+        stds.append(arr[1])
+    m, s = np.array(means), np.array(stds)
+    long = any(len(n) > 10 for n in names)
+    fig = _new_figure(min(14.0, max(4.5, 0.75 * len(names) + 2.0)), 3.8 + (0.6 if long else 0.0))
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    ax.bar(x, m, yerr=s, capsize=4, color=_colors(len(names)), width=0.65, edgecolor="black", linewidth=0.5,
+           error_kw={"elinewidth": 1.0})
+    lo, hi = min(0.0, float((m - s).min())), max(0.0, float((m + s).max()))
+    span = (hi - lo) or 1.0
+    for xi, mi, si in zip(x, m, s):
+        y = mi + si if mi >= 0 else mi - si
+        ax.text(xi, y + (0.02 if mi >= 0 else -0.02) * span, f"{mi:.3f}", ha="center",
+                va="bottom" if mi >= 0 else "top", fontsize=8)
+    ax.set_ylim(lo - (0.1 * span if lo < 0 else 0.0), hi + 0.12 * span)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30 if long else 0, ha="right" if long else "center",
+                       rotation_mode="anchor", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return _save(fig, path)
