@@ -1,0 +1,46 @@
+"""One string-keyed factory for every attention module.
+
+>>> create_attention("se", 64)                 # SqueezeExcite(64)
+>>> create_attention("mha", 256, num_heads=8)  # MultiHeadAttention(256, 8)
+
+The second argument is the channel count for the CNN gates ("se", "channel", "spatial",
+"cbam"; "spatial" has no channels and ignores it) and the embedding size for the
+sequence modules ("mha", "self", "cross"). Other keyword arguments go to the class.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .attention import CrossAttention, MultiHeadAttention, SelfAttention
+from .channel import ChannelAttention, SqueezeExcite
+from .spatial import CBAM, SpatialAttention
+
+__all__ = ["create_attention", "available_attention"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "se": SqueezeExcite,
+    "channel": ChannelAttention,
+    "spatial": lambda channels, **kw: SpatialAttention(**kw),
+    "cbam": CBAM,
+    "mha": MultiHeadAttention,
+    "self": SelfAttention,
+    "cross": CrossAttention,
+}
+
+
+def available_attention() -> list[str]:
+    """The names ``create_attention`` accepts."""
+    return sorted(_REGISTRY)
+
+
+def create_attention(name: str, dim_or_channels: int, **kwargs) -> nn.Module:
+    """Build the attention module called ``name`` for ``dim_or_channels`` features."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown attention {name!r}; available: {', '.join(available_attention())}")
+    return _REGISTRY[key](dim_or_channels, **kwargs)

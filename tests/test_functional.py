@@ -1,0 +1,179 @@
+"""attnzoo.functional against torch's SDPA and the float64 formula."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import attnzoo.functional as AF
+from attnzoo.functional import attention_reference, attention_weights, scaled_dot_product_attention
+
+D = torch.float64
+
+
+def qkv(B=2, H=3, L=5, S=7, E=8, Ev=6, Hk=None, dtype=D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, L, E, generator=g, dtype=dtype)
+    k = torch.randn(B, Hk or H, S, E, generator=g, dtype=dtype)
+    v = torch.randn(B, Hk or H, S, Ev, generator=g, dtype=dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float", "bool_bcast"])
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_matches_torch_sdpa(is_causal, mask_kind, scale):
+    q, k, v = qkv()
+    g = torch.Generator().manual_seed(1)
+    mask = {
+        None: None,
+        "bool": torch.rand(2, 3, 5, 7, generator=g) > 0.3,
+        "float": torch.randn(2, 1, 5, 7, generator=g, dtype=D),
+        "bool_bcast": torch.rand(1, 7, generator=g) > 0.3,
+    }[mask_kind]
+    if mask is not None and mask.dtype == torch.bool:
+        mask[..., 0] = True  # torch gives NaN for fully masked rows; compare where it is defined
+    if is_causal and mask is not None:  # torch refuses both at once: fold the causal mask in
+        causal = torch.ones(5, 7, dtype=torch.bool).tril()
+        ref_mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, -math.inf)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=ref_mask, scale=scale)
+    else:
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+    out, w = scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, scale=scale, need_weights=True)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    ref_out, ref_w = attention_reference(q, k, v, mask, is_causal=is_causal, scale=scale, need_weights=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
+
+
+def test_gqa_matches_torch():
+    q, k, v = qkv(H=6, Hk=2)
+    expected = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    out, w = scaled_dot_product_attention(q, k, v, enable_gqa=True, need_weights=True)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    _, ref_w = attention_reference(q, k, v, enable_gqa=True, need_weights=True)
+    torch.testing.assert_close(w, ref_w)
+
+
+def test_float32_output_equals_plain_fused_kernel():
+    q, k, v = qkv(dtype=torch.float32)
+    out, _ = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, D])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_fully_masked_rows_are_zero_with_finite_gradients(mask_dtype, is_causal):
+    q, k, v = (t.requires_grad_() for t in qkv())
+    allowed = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(3)) > 0.5
+    allowed[0, 1, 2] = False  # one row that may attend to nothing
+    allowed[1] = False  # a whole sample
+    mask = allowed if mask_dtype == torch.bool else torch.zeros(allowed.shape, dtype=D).masked_fill(~allowed, -math.inf)
+    for fn in (scaled_dot_product_attention, attention_reference):
+        out, w = fn(q, k, v, mask, is_causal=is_causal, need_weights=True)
+        assert torch.isfinite(out).all() and torch.isfinite(w).all()
+        assert out[0, 1, 2].abs().max() == 0 and w[1].abs().max() == 0 and out[1].abs().max() == 0
+        (out.sum() + w.sum()).backward()
+        for t in (q, k, v):
+            assert torch.isfinite(t.grad).all()
+            t.grad = None
+
+
+def test_gradcheck_fast_path_and_weights():
+    q, k, v = (t.requires_grad_() for t in qkv(B=1, H=2, L=3, S=4, E=3, Ev=2))
+    mask = torch.tensor([[True, False, True, True], [False, False, False, False], [True, True, False, True]])
+    for causal in (False, True):
+        torch.autograd.gradcheck(
+            lambda q, k, v: scaled_dot_product_attention(q, k, v, mask, is_causal=causal, need_weights=True),
+            (q, k, v),
+        )
+
+
+def test_weights_for_selected_rows_equal_full_rows():
+    q, k, v = qkv(L=9)
+    mask = torch.rand(2, 1, 9, 7, generator=torch.Generator().manual_seed(5)) > 0.4
+    _, full = scaled_dot_product_attention(q, k, v, mask, is_causal=True, need_weights=True)
+    for rows in (torch.tensor([8, 0, 3]), slice(2, 9, 3), range(4, 6), torch.tensor([-1])):
+        _, w = scaled_dot_product_attention(q, k, v, mask, is_causal=True, need_weights=True, weights_for=rows)
+        idx = torch.arange(9)[rows] if not isinstance(rows, torch.Tensor) else rows % 9
+        torch.testing.assert_close(w, full[..., idx, :], atol=1e-14, rtol=0)
+
+
+def test_blocked_paths_equal_unblocked(monkeypatch):
+    """Force tiny blocks so the blockwise weights and causal+mask paths run on small data."""
+    q, k, v = qkv(L=11, S=11)
+    mask = torch.rand(2, 1, 1, 11, generator=torch.Generator().manual_seed(7)) > 0.3
+    expected = attention_reference(q, k, v, mask, is_causal=True, need_weights=True)
+    monkeypatch.setattr(AF, "_BLOCK_ELEMENTS", 40)
+    monkeypatch.setattr(AF, "_MASK_ELEMENTS", 1)
+    out, w = scaled_dot_product_attention(q, k, v, mask, is_causal=True, need_weights=True)
+    torch.testing.assert_close(out, expected[0])
+    torch.testing.assert_close(w, expected[1])
+    avg = attention_weights(q, k, mask, True, average_heads=True)
+    torch.testing.assert_close(avg, expected[1].mean(1))
+
+
+def test_dropout_with_weights_is_consistent():
+    q, k, v = qkv()
+    torch.manual_seed(0)
+    out, w = scaled_dot_product_attention(q, k, v, dropout_p=0.5, need_weights=True)
+    torch.testing.assert_close(out, w @ v)
+    assert (w == 0).any()  # dropout really acted
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 2), H=st.integers(1, 3), L=st.integers(1, 6), S=st.integers(1, 6),
+    E=st.integers(1, 5), causal=st.booleans(), kind=st.sampled_from(["none", "bool", "float"]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_fast_path_equals_formula(B, H, L, S, E, causal, kind, seed):
+    q, k, v = qkv(B, H, L, S, E, E, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = None
+    if kind == "bool":
+        mask = torch.rand(B, 1, L, S, generator=g) > 0.5  # fully masked rows included
+    elif kind == "float":
+        mask = torch.randn(L, S, generator=g, dtype=D).masked_fill(torch.rand(L, S, generator=g) > 0.7, -math.inf)
+    out, w = scaled_dot_product_attention(q, k, v, mask, is_causal=causal, need_weights=True)
+    ref_out, ref_w = attention_reference(q, k, v, mask, is_causal=causal, need_weights=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=1e-10)
+    assert torch.isfinite(out).all()
+    # every row's weights sum to 1, or to 0 when the row may attend to nothing
+    sums = w.sum(-1)
+    assert ((sums - 1).abs() < 1e-9).logical_or(sums == 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"query": torch.ones(2, 3, 4, dtype=torch.long)}, TypeError, "query"),
+        ({"key": torch.randn(2, 3, 7, 5, dtype=D)}, ValueError, "head dim"),
+        ({"value": torch.randn(2, 3, 6, 6, dtype=D)}, ValueError, "key and value"),
+        ({"key": torch.randn(2, 3, 7, 8)}, TypeError, "dtype"),
+        ({"attn_mask": torch.ones(5, 6, dtype=torch.bool)}, ValueError, "attn_mask"),
+        ({"attn_mask": torch.ones(5, 7, dtype=torch.int64)}, TypeError, "attn_mask"),
+        ({"dropout_p": 1.0}, ValueError, "dropout_p"),
+        ({"key": torch.randn(2, 2, 7, 8, dtype=D), "value": torch.randn(2, 2, 7, 6, dtype=D), "enable_gqa": True},
+         ValueError, "enable_gqa"),
+        ({"key": torch.randn(3, 3, 7, 8, dtype=D), "value": torch.randn(3, 3, 7, 6, dtype=D)}, ValueError, "batch"),
+    ],
+)
+def test_bad_input(kwargs, exc, match):
+    q, k, v = qkv()
+    args = {"query": q, "key": k, "value": v} | kwargs
+    with pytest.raises(exc, match=match):
+        scaled_dot_product_attention(**args)
+
+
+def test_bad_weights_for():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="weights_for"):
+        scaled_dot_product_attention(q, k, v, need_weights=True, weights_for=torch.tensor([5]))
+    with pytest.raises(TypeError, match="weights_for"):
+        scaled_dot_product_attention(q, k, v, need_weights=True, weights_for=[0, 1])
