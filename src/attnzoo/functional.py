@@ -211,27 +211,32 @@ def attention_weights(
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     index = None if rows is None else _row_index(rows, L, query.device)
     n_rows = L if index is None else index.numel()
-    per_row = S * math.prod(query.shape[:-2])
-    block = max(1, _BLOCK_ELEMENTS // max(1, per_row))
-    kt = key.transpose(-2, -1) * scale  # (*, E, S): scale once, not per block
+    block = max(1, _BLOCK_ELEMENTS // max(1, S * math.prod(query.shape[:-2])))
+    kt = key.transpose(-2, -1)  # (*, E, S)
+    grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
 
     blocks = []
     for b0 in range(0, n_rows, block):
         b1 = min(n_rows, b0 + block)
-        if index is None:
-            q, pos = query[..., b0:b1, :], torch.arange(b0, b1, device=query.device)
-        else:
-            pos = index[b0:b1]
-            q = query.index_select(-2, pos)
-        scores = q @ kt  # (*, R_blk, S)
+        pos = torch.arange(b0, b1, device=query.device) if index is None else index[b0:b1]
+        q = query[..., b0:b1, :] if index is None else query.index_select(-2, pos)
+        scores = torch.matmul(q * scale, kt)  # (*, R_blk, S)
+        allowed = None  # only a mask can leave a row with nothing to attend to
         if attn_mask is not None:
             m = attn_mask.index_select(-2, pos) if attn_mask.size(-2) > 1 else attn_mask
-            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+            allowed = m if m.dtype == torch.bool else ~m.isneginf()
+            if m.dtype != torch.bool:
+                scores.add_(m)
         if is_causal:
-            later = torch.arange(S, device=query.device) > pos[:, None]  # (R_blk, S)
-            scores = scores.masked_fill(later, float("-inf"))
-        empty = scores.isneginf().all(dim=-1, keepdim=True)
-        w = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+            future = torch.arange(S, device=query.device) > pos[:, None]  # (R_blk, S)
+            allowed = ~future if allowed is None else allowed & ~future
+        if allowed is None:
+            w = torch.softmax(scores, dim=-1)
+        else:
+            scores.masked_fill_(~allowed, float("-inf"))
+            empty = ~allowed.any(dim=-1, keepdim=True)  # (..., R_blk, 1), cheap for broadcast masks
+            w = torch.softmax(scores.masked_fill_(empty, 0.0), dim=-1)
+            w = w.masked_fill(empty, 0.0) if grad else w.masked_fill_(empty, 0.0)
         blocks.append(w.mean(dim=-3) if average_heads else w)
     return torch.cat(blocks, dim=-2) if len(blocks) != 1 else blocks[0]
 
