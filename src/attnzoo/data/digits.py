@@ -174,6 +174,8 @@ def make_cluttered_digits(
     split = _check_split(split)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed}")
 
     up, counts, offsets, positions = _fragment_table(split, scale, fragment_size)
     pool_idx = _split_indices(split)
