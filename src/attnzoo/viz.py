@@ -18,15 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnzoo._checks import check_positive_int
 from attnzoo._io import atomic_path
 
-__all__ = [
-    "plot_attention",
-    "plot_channel_profile",
-    "plot_spatial_overlay",
-    "plot_training_curves",
-    "plot_accuracy_bars",
-]
+__all__ = ["plot_attention", "plot_channel_profile", "plot_spatial_overlay", "plot_training_curves",
+           "plot_accuracy_bars"]
 
 DPI = 110
 ATTN_CMAP = "viridis"
@@ -42,9 +38,7 @@ def _new_figure(width: float, height: float) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            'attnzoo plotting needs matplotlib; install it with: pip install "attnzoo[demo]"'
-        ) from exc
+        raise ImportError('attnzoo plotting needs matplotlib; install it with: pip install "attnzoo[demo]"') from exc
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -70,7 +64,7 @@ def _array(name: str, x: object, shapes: Sequence[str]) -> np.ndarray:
             arr = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name} must be a tensor or array of numbers, got {type(x).__name__}") from exc
-    ranks = [s.count(",") + 1 for s in shapes]
+    ranks = [len([d for d in s.strip("()").split(",") if d.strip()]) for s in shapes]
     if arr.ndim not in ranks:
         raise ValueError(f"{name} must have shape {' or '.join(shapes)}, got shape {tuple(arr.shape)}")
     if arr.size == 0:
@@ -112,17 +106,12 @@ def plot_attention(weights: Any, path: PathLike, *, query_labels: Sequence[Any] 
     heads are drawn; the mean panel always averages all H.
     """
     w = _array("weights", weights, ["(L, S)", "(H, L, S)"])
-    if isinstance(max_heads, bool) or not isinstance(max_heads, int) or max_heads < 1:
-        raise ValueError(f"max_heads must be a positive int, got {max_heads!r}")
-    if w.ndim == 2:
-        w = w[None]
+    check_positive_int("max_heads", max_heads)
+    w = w[None] if w.ndim == 2 else w
     n_heads, n_q, n_k = w.shape
     qlab = _labels("query_labels", query_labels, n_q, "the number of queries L in weights")
     klab = _labels("key_labels", key_labels, n_k, "the number of keys S in weights")
-    if head_titles is not None:
-        head_titles = [str(t) for t in head_titles]
-        if len(head_titles) != n_heads:
-            raise ValueError(f"head_titles has {len(head_titles)} entries but weights has H={n_heads} heads")
+    head_titles = _labels("head_titles", head_titles, n_heads, "the number of heads H in weights")
 
     if n_heads == 1:
         panels = [(w[0], head_titles[0] if head_titles else None)]
@@ -134,8 +123,9 @@ def plot_attention(weights: Any, path: PathLike, *, query_labels: Sequence[Any] 
             title = f"{title + '  ' if title else ''}(first {shown} of {n_heads} heads shown)"
     rows = math.ceil(len(panels) / 4)
     cols = math.ceil(len(panels) / rows)
-    cell = min(0.34, max(0.1, 5.0 / max(n_q, n_k)))
-    fig = _new_figure(cols * (n_k * cell + 1.0) + 0.9, rows * (n_q * cell + 1.0) + (0.4 if title else 0.1))
+    single = len(panels) == 1
+    cell = min(0.34 if single else 0.25, max(0.08, (7.0 if single else 3.2) / max(n_q, n_k)))
+    fig = _new_figure(cols * (n_k * cell + 0.6) + 1.4, rows * (n_q * cell + 0.9) + (0.4 if title else 0.1))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     finite = w[np.isfinite(w)]
     vmin = min(0.0, float(finite.min())) if finite.size else 0.0
@@ -145,15 +135,20 @@ def plot_attention(weights: Any, path: PathLike, *, query_labels: Sequence[Any] 
         im = ax.imshow(data, cmap=ATTN_CMAP, vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest")
         _set_ticks(ax, "x", klab, n_k)
         _set_ticks(ax, "y", qlab, n_q)
+        if i + cols < len(panels):  # tick labels only on the outer edges of the grid
+            ax.tick_params(labelbottom=False)
+        if i % cols:
+            ax.tick_params(labelleft=False)
         if sub:
             ax.set_title(sub, fontsize=10, fontweight="bold" if sub.startswith("mean of") else "normal")
         if i % cols == 0:
             ax.set_ylabel("query", fontsize=9)
-        if i >= len(panels) - cols:
+        if i + cols >= len(panels):
             ax.set_xlabel("key", fontsize=9)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.colorbar(im, ax=list(axes[: len(panels)]), shrink=0.9 if rows > 1 else 1.0, label="weight")
+    fig.colorbar(im, ax=list(axes[: len(panels)]), shrink=0.9 if rows > 1 else 1.0, label="weight",
+                 fraction=0.05 if single else 0.03, pad=0.02)
     if title:
         fig.suptitle(title, fontsize=12)
     return _save(fig, path)
@@ -222,23 +217,20 @@ def plot_spatial_overlay(images: Any, gates: Any, path: PathLike, *, boxes: Any 
         box = _array("boxes", boxes, ["(N, 4)"])
         if box.shape != (n, 4):
             raise ValueError(f"boxes must have shape ({n}, 4), got shape {tuple(box.shape)}")
-    if titles is not None:
-        titles = [str(t) for t in titles]
-        if len(titles) != n:
-            raise ValueError(f"titles has {len(titles)} entries but images has N={n}")
-    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    titles = _labels("titles", titles, n, "the number of images N")
+    check_positive_int("ncols", ncols)
     up = torch.nn.functional.interpolate(torch.from_numpy(gate)[:, None], size=(height, width),
                                          mode="bilinear", align_corners=False)[:, 0].numpy()
     finite = up[np.isfinite(up)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     vmax = vmax if vmax > vmin else vmin + 1e-6
 
+    from matplotlib.cm import ScalarMappable
     from matplotlib.patches import Rectangle
 
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
-    panel = 2.3 * min(1.5, max(0.6, max(height, width) / 64))
+    panel = 2.3 * min(1.5, max(0.75, max(height, width) / 64))
     fig = _new_figure(cols * panel * width / max(height, width) + 0.8, rows * (panel + 0.25))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for i, ax in enumerate(axes):
@@ -253,7 +245,8 @@ def plot_spatial_overlay(images: Any, gates: Any, path: PathLike, *, boxes: Any 
                                    fill=False, edgecolor="#00e5ff", linewidth=1.5))
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="gate", pad=0.02)
+    opaque = ScalarMappable(norm=im.norm, cmap=im.cmap)  # colorbar without the overlay's transparency
+    fig.colorbar(opaque, ax=list(axes), shrink=0.8, label="gate", pad=0.02)
     return _save(fig, path)
 
 
@@ -270,8 +263,12 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
         if hist.get("accuracy") is not None:
             series[name]["accuracy"] = _array(f"histories[{name!r}]['accuracy']", hist["accuracy"], ["(T,)"])
     keys = ["loss"] + (["accuracy"] if any("accuracy" in s for s in series.values()) else [])
+    losses = np.concatenate([s["loss"] for s in series.values()])
+    losses = losses[np.isfinite(losses)]
     fig = _new_figure(5.0 * len(keys) + 0.5, 3.6)
     axes = fig.subplots(1, len(keys), squeeze=False).ravel()
+    from matplotlib.ticker import MaxNLocator
+
     for ax, key in zip(axes, keys):
         for (name, s), color in zip(series.items(), _colors(len(series))):
             if key in s:
@@ -279,8 +276,6 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
                 x = np.arange(1, len(y) + 1)
                 ax.plot(x, y, label=str(name), color=color, linewidth=1.6, marker="o" if len(y) <= 30 else None,
                         markersize=3)
-        losses = np.concatenate([s["loss"] for s in series.values()])
-        losses = losses[np.isfinite(losses)]
         if key == "loss" and losses.size and losses.min() > 0 and losses.max() / losses.min() > 20:
             ax.set_yscale("log")
         ax.set_xlabel("epoch", fontsize=9)
@@ -288,8 +283,6 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
         ax.set_title(key, fontsize=10)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
-        from matplotlib.ticker import MaxNLocator
-
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].legend(fontsize=8, frameon=False)
     if title:
@@ -309,15 +302,14 @@ def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *
     """Bar chart of ``name -> (mean, std)`` with error bars and the mean printed on each bar."""
     if not isinstance(results, Mapping) or not results:
         raise ValueError("results must be a non-empty dict name -> (mean, std)")
-    names, means, stds = [], [], []
+    pairs = []
     for name, value in results.items():
         arr = _array(f"results[{name!r}]", value, ["(2,)"])
         if arr.shape != (2,) or not np.all(np.isfinite(arr)) or arr[1] < 0:
             raise ValueError(f"results[{name!r}] must be a finite (mean, std) pair with std >= 0, got {value!r}")
-        names.append(str(name))
-        means.append(arr[0])
-        stds.append(arr[1])
-    m, s = np.array(means), np.array(stds)
+        pairs.append(arr)
+    names = [str(name) for name in results]
+    m, s = np.stack(pairs).T
     long = any(len(n) > 10 for n in names)
     fig = _new_figure(min(14.0, max(4.5, 0.75 * len(names) + 2.0)), 3.8 + (0.6 if long else 0.0))
     ax = fig.subplots()
