@@ -2,10 +2,14 @@
 
 >>> import attnzoo as az
 >>> mha = az.MultiHeadAttention(64, num_heads=4)
+>>> se = az.create_attention("se", 64)
 """
 
 from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
+from .channel import ChannelAttention, SqueezeExcite
+from .factory import available_attention, create_attention
+from .spatial import CBAM, SpatialAttention
 
 __version__ = "0.1.0"
 
@@ -14,4 +18,10 @@ __all__ = [
     "MultiHeadAttention",
     "SelfAttention",
     "CrossAttention",
+    "SqueezeExcite",
+    "ChannelAttention",
+    "SpatialAttention",
+    "CBAM",
+    "create_attention",
+    "available_attention",
 ]
