@@ -9,6 +9,7 @@ from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
+from .record import AttentionMap, AttentionRecorder
 from .spatial import CBAM, SpatialAttention
 
 __version__ = "0.1.0"
@@ -24,4 +25,6 @@ __all__ = [
     "CBAM",
     "create_attention",
     "available_attention",
+    "AttentionRecorder",
+    "AttentionMap",
 ]
