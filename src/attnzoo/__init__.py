@@ -10,7 +10,9 @@ from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
 from .record import AttentionMap, AttentionRecorder
+from .kvcache import KVCache
 from .spatial import CBAM, SpatialAttention
+from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
 
@@ -25,6 +27,10 @@ __all__ = [
     "CBAM",
     "create_attention",
     "available_attention",
+    "TransformerEncoderLayer",
+    "TransformerDecoderLayer",
+    "Seq2SeqTransformer",
+    "KVCache",
     "AttentionRecorder",
     "AttentionMap",
 ]

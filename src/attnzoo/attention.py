@@ -145,7 +145,7 @@ class MultiHeadAttention(nn.Module):
         B, L, S = query.size(0), query.size(1), key.size(1)
         mask = self._allowed(key_padding_mask, attn_mask, B, L, S, query.dtype)
 
-        q, k, v = self._project(query, key, value)  # (B, H, L, hs), (B, Hkv, S, hs) ×2
+        q, k, v = self.project_qkv(query, key, value)  # (B, H, L, hs), (B, Hkv, S, hs) ×2
         out, weights = self.attend(
             q, k, v, mask=mask, is_causal=is_causal, need_weights=need_weights,
             average_attn_weights=average_attn_weights, weights_for=weights_for,
@@ -158,8 +158,20 @@ class MultiHeadAttention(nn.Module):
 
     def project_query(self, query: Tensor) -> Tensor:
         """(B, L, E) -> per-head queries (B, H, L, hs)."""
-        w, b = self._weight_slices()[0]
-        return _heads(F.linear(query, w, b), self.num_heads)
+        E = self.embed_dim
+        w = self.in_proj_weight[:E] if self._qkv_same_embed_dim else self.q_proj_weight
+        return _heads(F.linear(query, w, _rows(self.in_proj_bias, 0, E)), self.num_heads)
+
+    def project_qkv(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-head q (B, H, L, hs), k and v (B, Hkv, S, hs); self-attention takes one GEMM."""
+        key = query if key is None else key
+        value = key if value is None else value
+        if self._qkv_same_embed_dim and query is key and key is value:
+            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, E + 2·kv)
+            q, k, v = qkv.split([self.embed_dim, self._kv_dim, self._kv_dim], dim=-1)
+            return _heads(q, self.num_heads), _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
+        return (self.project_query(query), *self.project_kv(key, value))
 
     def project_kv(self, key: Tensor, value: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, S, kdim), (B, S, vdim) -> per-head keys and values (B, Hkv, S, hs) each.
@@ -172,8 +184,12 @@ class MultiHeadAttention(nn.Module):
             kv = F.linear(key, self.in_proj_weight[E:], _rows(self.in_proj_bias, E, None))
             k, v = kv.split(self._kv_dim, dim=-1)  # (B, S, kv) ×2
         else:
-            _, (wk, bk), (wv, bv) = self._weight_slices()
-            k, v = F.linear(key, wk, bk), F.linear(value, wv, bv)
+            E, kv = self.embed_dim, self._kv_dim
+            same = self._qkv_same_embed_dim
+            wk = self.in_proj_weight[E:E + kv] if same else self.k_proj_weight
+            wv = self.in_proj_weight[E + kv:] if same else self.v_proj_weight
+            k = F.linear(key, wk, _rows(self.in_proj_bias, E, E + kv))
+            v = F.linear(value, wv, _rows(self.in_proj_bias, E + kv, None))
         return _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
 
     def attend(
@@ -205,21 +221,6 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out), weights
 
     # ----------------------------------------------------------------------------------
-    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self._qkv_same_embed_dim and query is key and key is value:  # self-attention: one GEMM
-            qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, E + 2·kv)
-            q, k, v = qkv.split([self.embed_dim, self._kv_dim, self._kv_dim], dim=-1)
-            return _heads(q, self.num_heads), _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
-        return (self.project_query(query), *self.project_kv(key, value))
-
-    def _weight_slices(self) -> list[tuple[Tensor, Tensor | None]]:
-        E, kv = self.embed_dim, self._kv_dim
-        bounds = [(0, E), (E, E + kv), (E + kv, E + 2 * kv)]
-        if self._qkv_same_embed_dim:
-            weights = [self.in_proj_weight[a:b] for a, b in bounds]
-        else:
-            weights = [self.q_proj_weight, self.k_proj_weight, self.v_proj_weight]
-        return [(w, _rows(self.in_proj_bias, a, b)) for w, (a, b) in zip(weights, bounds)]
 
     def _check_inputs(self, query: object, key: object, value: object) -> tuple[Tensor, Tensor, Tensor, bool]:
         query = check_tensor("query", query, ndim=(2, 3))
