@@ -1,0 +1,49 @@
+"""The same code on CUDA tensors: results equal the CPU's. Skipped without a GPU."""
+
+import pytest
+import torch
+
+import attnzoo as az
+from attnzoo.functional import attention_reference, scaled_dot_product_attention
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_functional_on_cuda_matches_formula():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 33, 16, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 33, 33, generator=g) > 0.4
+    mask[0, 0, 3] = False  # a row with nothing to attend to
+    ref_out, ref_w = attention_reference(q.double(), k.double(), v.double(), mask, is_causal=True, need_weights=True)
+    out, w = scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda(), mask.cuda(), is_causal=True, need_weights=True)
+    assert out.is_cuda and w.is_cuda
+    torch.testing.assert_close(out.cpu().double(), ref_out, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(w.cpu().double(), ref_w, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("module", ["mha", "cbam", "se"])
+def test_modules_on_cuda_match_cpu(module):
+    torch.manual_seed(0)
+    if module == "mha":
+        m = az.MultiHeadAttention(32, 4, num_kv_heads=2)
+        x = torch.randn(2, 20, 32)
+        pad = torch.zeros(2, 20, dtype=torch.bool)
+        pad[1, 15:] = True
+        run = lambda m, x, pad: m(x, key_padding_mask=pad, is_causal=True, need_weights=True)  # noqa: E731
+        cpu = run(m, x, pad)
+        gpu = run(m.cuda(), x.cuda(), pad.cuda())
+    else:
+        m = az.create_attention(module, 16, reduction=4)
+        x = torch.randn(2, 16, 9, 9)
+        cpu, gpu = m(x), m.cuda()(x.cuda())
+    for c, g in zip(*(t if isinstance(t, tuple) else (t,) for t in (cpu, gpu))):
+        torch.testing.assert_close(g.cpu(), c, atol=2e-3, rtol=2e-3)
+
+
+def test_generate_on_cuda_equals_uncached():
+    torch.manual_seed(0)
+    model = az.Seq2SeqTransformer(20, 12, d_model=32, nhead=4, max_len=40).cuda().eval()
+    src = torch.randint(4, 20, (3, 10), device="cuda")
+    a = model.generate(src, 20, bos_id=1, eos_id=2)
+    b = model.generate(src, 20, bos_id=1, eos_id=2, use_cache=False)
+    assert a.is_cuda and torch.equal(a, b)
