@@ -1,0 +1,270 @@
+"""``attnzoo bench``: attnzoo against the PyTorch equivalents, side by side, in one process.
+
+Every comparison runs warm-up calls, then ``--repeats`` samples of attnzoo and of the
+reference taken alternately (A B A B ...), and reports the medians. Peak-memory rows run
+each measurement in its own fresh subprocess. The ratio column is "how many times better
+attnzoo is": reference time / attnzoo time (reference MB / attnzoo MB for memory, attnzoo
+GFLOP/s / matmul GFLOP/s for throughput); above 1 attnzoo wins. See docs/performance.md.
+
+    python -m attnzoo.bench --quick
+    attnzoo bench --json bench.json --only functional,mha_eval --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["add_arguments", "main", "main_from_args", "run_benchmarks", "SIZES", "group_names"]
+
+#: Problem sizes per mode. ``--quick`` keeps every group to seconds on a laptop CPU.
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "functional": [(8, 8, 512, 64), (2, 8, 2048, 64)],  # (B, H, N, head size)
+        "mha_dims": (512, 8),  # (E, H)
+        "mha": [(8, 512), (2, 2048)],  # (B, N)
+        "memory": {"B": 1, "N": 4096, "E": 512, "H": 8, "rows": 32},
+        "long": {"B": 1, "N": 32768, "E": 512, "H": 8},
+        "decode": {"tokens": [64, 512], "vocab": 64, "src_len": 32, "max_len": 520},
+        "compile": {"B": 8, "N": 256, "E": 256, "H": 8, "C": 128, "HW": 28,
+                    "cases": ["MultiHeadAttention self", "MultiHeadAttention cross+kpm", "SqueezeExcite",
+                              "CBAM", "TransformerEncoderLayer"]},
+        "gating": {"shape": (32, 256, 28), "tour_batch": 128, "tour_side": 32},
+        "throughput": {"N": [1024, 2048], "B": 4, "H": 8, "hs": 64, "mm": 2048},
+    },
+    "quick": {
+        "functional": [(2, 4, 128, 32), (1, 4, 256, 32)],
+        "mha_dims": (64, 4),
+        "mha": [(2, 64), (1, 256)],
+        "memory": {"B": 1, "N": 1024, "E": 64, "H": 4, "rows": 32},
+        "long": {"B": 1, "N": 4096, "E": 64, "H": 4},
+        "decode": {"tokens": [8, 32], "vocab": 64, "src_len": 8, "max_len": 520},
+        "compile": {"B": 2, "N": 32, "E": 32, "H": 4, "C": 16, "HW": 8,
+                    "cases": ["MultiHeadAttention self"]},
+        "gating": {"shape": (2, 32, 14), "tour_batch": 8, "tour_side": 32},
+        "throughput": {"N": [128, 256], "B": 1, "H": 4, "hs": 32, "mm": 256},
+    },
+}
+
+SCHEMA = "attnzoo-bench/1"
+
+
+#: The modules that register the groups, and their groups in run order. Listed here so
+#: that building the parser imports nothing heavy, and one module failing to import only
+#: turns its own groups into error rows.
+_MODULES = {
+    "cases_attention": ["functional", "mha_train", "mha_eval", "mha_weights", "memory", "long", "throughput"],
+    "cases_models": ["decode", "compile", "gating"],
+}
+_ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "memory", "long", "decode", "compile", "gating",
+          "throughput"]
+
+
+def group_names() -> list[str]:
+    """Every group name, in run order."""
+    return list(_ORDER)
+
+
+def _registry() -> tuple[dict[str, Any], dict[str, str]]:
+    """(registered groups, {group: why it is unavailable})."""
+    import importlib
+
+    from ._core import GROUPS
+
+    missing = {}
+    for module, names in _MODULES.items():
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except Exception as exc:
+            missing.update({n: f"cannot import attnzoo.bench.{module}: {_one_line(exc)}" for n in names})
+    return GROUPS, missing
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options to ``parser`` and make ``args.run`` the entry point."""
+    parser.add_argument("--quick", action="store_true",
+                        help="much smaller shapes and fewer repeats: a smoke test in seconds, not a measurement")
+    parser.add_argument("--json", metavar="FILE", help="also write the machine and every row to FILE (atomically)")
+    parser.add_argument("--only", metavar="GROUP[,GROUP]",
+                        help="run only these groups (comma-separated); the groups are: " + ", ".join(_ORDER))
+    parser.add_argument("--repeats", type=int, metavar="N",
+                        help="timed samples per side; the median is reported (default 10, 3 with --quick)")
+    parser.add_argument("--warmup", type=int, metavar="N",
+                        help="untimed calls per side first (default 2, 1 with --quick)")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="cpu (default) or cuda[:i]: timing rows run there with synchronisation; "
+                             "memory rows report CUDA peak allocation instead of RSS")
+    parser.set_defaults(run=main_from_args)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    from ..cli import UsageError
+
+    def count(name: str, default: int, low: int) -> int:
+        value = getattr(args, name)
+        if value is None:
+            return default
+        if value < low:
+            raise UsageError(f"--{name} must be an integer >= {low}, got {value}")
+        return value
+
+    known = group_names()
+    groups = known
+    if args.only is not None:
+        groups = [g.strip().replace("-", "_") for g in args.only.split(",") if g.strip()]
+        bad = [g for g in groups if g not in known]
+        if bad or not groups:
+            what = ", ".join(bad) or repr(args.only)
+            raise UsageError(f"--only: unknown group {what}; choose from {', '.join(known)}")
+        groups = [g for g in known if g in groups]  # run order, no duplicates
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device must be cpu or cuda[:i], got {args.device!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda[:i], got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: this torch build or machine has no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if args.json is not None:  # checked now, not after a long run
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--json: directory {parent} does not exist")
+        if os.path.isdir(args.json):
+            raise UsageError(f"--json: {args.json} is a directory; give a file name")
+    return {"quick": bool(args.quick), "repeats": count("repeats", 3 if args.quick else 10, 1),
+            "warmup": count("warmup", 1 if args.quick else 2, 0), "groups": groups, "device": str(device),
+            "json": args.json}
+
+
+#: Environment variables that change what the numbers mean, recorded when set.
+_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TORCHINDUCTOR_CACHE_DIR")
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """CPU model, cores, torch version and threads, and the device the timing rows use."""
+    import torch
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.lower().startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count()
+    info = {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "cores_available": available, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "device": device,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "env": {k: os.environ[k] for k in _ENV if k in os.environ}}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def run_benchmarks(options: dict[str, Any], *, progress: Any = sys.stderr) -> dict[str, Any]:
+    """Run the chosen groups; return the report (``machine``, ``rows``, ...). Never raises
+    for a failing row: it becomes a row whose ``error`` says why."""
+    import torch
+
+    from .. import __version__
+    from ._core import Context, Row
+
+    torch.set_num_threads(torch.get_num_threads())  # the machine's default, pinned and recorded
+    registry, missing = _registry()
+    ctx = Context(quick=options["quick"], repeats=options["repeats"], warmup=options["warmup"],
+                  device=torch.device(options["device"]), sizes=SIZES["quick" if options["quick"] else "full"],
+                  min_sample_s=0.005 if options["quick"] else 0.05)
+    rows: list[Row] = []
+    group_s: dict[str, float] = {}
+    start = time.perf_counter()
+    for name in options["groups"]:
+        group_start = time.perf_counter()
+        if name not in registry:
+            rows.append(Row(name, "(group)", "", error=missing.get(name, "not registered")))
+            continue
+        _, fn = registry[name]
+        try:
+            for job in fn(ctx):
+                if progress is not None:
+                    print(f"bench: {name}: {job.operation} {job.shape}".rstrip(), file=progress, flush=True)
+                try:
+                    out = job.run()
+                    rows.extend(out if isinstance(out, list) else [out])
+                except Exception as exc:
+                    rows.append(Row(name, job.operation, job.shape, error=_one_line(exc)))
+        except Exception as exc:  # the group itself failed to set up
+            rows.append(Row(name, "(group)", "", error=_one_line(exc)))
+        group_s[name] = time.perf_counter() - group_start
+    return {
+        "schema": SCHEMA, "attnzoo": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)), "equivalent_command": _equivalent(options),
+        "options": options,
+        "machine": machine_info(options["device"]), "elapsed_s": time.perf_counter() - start,
+        "group_elapsed_s": group_s,
+        "rows": [r.to_json() for r in rows],
+    }
+
+
+def _equivalent(options: dict[str, Any]) -> str:
+    """``attnzoo bench ...`` with every option spelled out: reruns exactly this configuration."""
+    argv = ["attnzoo", "bench", *(["--quick"] if options["quick"] else []), "--only", ",".join(options["groups"]),
+            "--repeats", str(options["repeats"]), "--warmup", str(options["warmup"]), "--device", options["device"]]
+    return shlex.join(argv + (["--json", options["json"]] if options.get("json") else []))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """The ``run`` entry point set by :func:`add_arguments` (bad values: ``UsageError``)."""
+    from .._io import atomic_write_json
+    from ._core import Row, format_table
+
+    options = _options(args)
+    report = run_benchmarks(options)
+    fields = Row.__dataclass_fields__
+    print(format_table([Row(**{k: v for k, v in r.items() if k in fields}) for r in report["rows"]]))
+    m = report["machine"]
+    print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, device {m['device']}; "
+          f"medians of {options['repeats']} samples; ratio > 1: attnzoo better")
+    if options["json"]:
+        atomic_write_json(options["json"], report)
+        print(f"wrote {options['json']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m attnzoo.bench [options]``: same options and exit codes as ``attnzoo bench``."""
+    from ..cli import UsageError
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line, no usage dump
+            self.exit(2, f"{self.prog}: error: {message}\n")
+
+    parser = _Parser(prog="attnzoo bench",
+                     description="Time attnzoo against the PyTorch equivalents in one run and print ratios.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UsageError as exc:
+        print(f"attnzoo bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnzoo bench: interrupted; nothing partial was written", file=sys.stderr)
+        return 130

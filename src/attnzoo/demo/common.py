@@ -1,0 +1,124 @@
+"""What the parts of the tour share: budgets, progress lines, seeding, small statistics."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: Every training run of the tour uses this many CPU threads. The models are tiny: on a
+#: 2-core machine one thread is about as fast as two when the machine is idle and many
+#: times faster when it is busy (OpenMP threads then wait for each other), and a fixed
+#: count keeps float reductions, and so the numbers, identical from run to run.
+NUM_THREADS = 1
+
+
+@dataclass(frozen=True)
+class VisionBudget:
+    """Data and training budget of the cluttered-digits comparison (the same for every model)."""
+
+    n_train: int
+    n_test: int
+    epochs: int
+    n_seeds: int = 3
+    batch_size: int = 64
+    lr: float = 3e-3
+    widths: tuple[int, ...] = (16, 32, 64)
+    reduction: int = 4
+    n_overlay: int = 8
+
+
+@dataclass(frozen=True)
+class DatesBudget:
+    """Data, model size and training budget of the date-normalisation Transformer."""
+
+    n_train: int
+    n_test: int
+    epochs: int
+    batch_size: int = 64
+    lr: float = 2e-3
+    d_model: int = 64
+    nhead: int = 4
+    layers: int = 2
+    dim_feedforward: int = 128
+    n_per_format: int = 40
+    n_curve: int = 500
+
+
+FULL = {
+    "vision": VisionBudget(n_train=2500, n_test=1000, epochs=6),
+    "dates": DatesBudget(n_train=6400, n_test=1000, epochs=6),
+}
+QUICK = {
+    "vision": VisionBudget(n_train=500, n_test=300, epochs=2),
+    "dates": DatesBudget(n_train=1600, n_test=300, epochs=2, n_per_format=10, n_curve=200),
+}
+
+
+def progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr, drawn only when stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, disable=None, leave=False,
+                dynamic_ncols=True, unit="step", mininterval=0.5)
+
+
+def say(line: str) -> None:
+    """One progress line on stderr (between tqdm bars without breaking them)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as t: ...`` then ``t[0]`` holds the elapsed seconds."""
+    box = [0.0]
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box[0] = time.perf_counter() - start
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so timings are honest (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+
+
+# Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
+
+
+def paired_difference(treated: Sequence[float], control: Sequence[float]) -> dict[str, Any]:
+    """Paired comparison over seeds, in accuracy POINTS (x100): mean, sd, 95% t interval.
+
+    ``significant`` is True when the 95% interval excludes 0 (needs >= 2 seeds).
+    """
+    diffs = [100.0 * (a - b) for a, b in zip(treated, control)]
+    m, s = mean_std(diffs)
+    n = len(diffs)
+    if n < 2:
+        return {"mean_points": m, "std_points": s, "ci95_points": [m, m], "n": n, "significant": False}
+    half = _T95[min(n - 1, len(_T95)) - 1] * s / math.sqrt(n)
+    lo, hi = m - half, m + half
+    return {"mean_points": m, "std_points": s, "ci95_points": [lo, hi], "n": n,
+            "significant": bool(lo > 0 or hi < 0)}

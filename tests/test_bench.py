@@ -1,0 +1,237 @@
+"""The benchmark harness runs, writes the documented JSON, and gets its arithmetic right.
+
+These tests never assert anything about speed: they run tiny shapes, once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import attnzoo.bench as bench
+from attnzoo.bench import SIZES, group_names, main
+from attnzoo.bench._core import GROUPS, Job, Row, compare, format_table, format_value, ratio
+
+TINY = {
+    "functional": [(1, 2, 16, 8)],
+    "mha_dims": (16, 2),
+    "mha": [(1, 16)],
+    "memory": {"B": 1, "N": 64, "E": 16, "H": 2, "rows": 4},
+    "long": {"B": 1, "N": 64, "E": 16, "H": 2},
+    "decode": {"tokens": [4], "vocab": 16, "src_len": 4, "max_len": 16},
+    "compile": {"B": 1, "N": 8, "E": 16, "H": 2, "C": 16, "HW": 4, "cases": []},
+    "gating": {"shape": (1, 16, 4), "tour_batch": 2, "tour_side": 32},
+    "throughput": {"N": [16], "B": 1, "H": 2, "hs": 8, "mm": 16},
+}
+TOP_KEYS = {"schema", "attnzoo", "created", "command", "equivalent_command", "options", "machine", "elapsed_s", "group_elapsed_s", "rows"}
+MACHINE_KEYS = {"cpu", "cores", "cores_available", "torch", "threads", "interop_threads", "device", "python",
+                "platform", "env"}
+ROW_KEYS = {"group", "operation", "shape", "unit", "attnzoo", "reference", "reference_name", "ratio", "note",
+            "error", "extra"}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(SIZES, "quick", TINY)
+
+
+def _run(tmp_path, only: str) -> dict:
+    out = tmp_path / "bench.json"
+    rc = main(["--quick", "--json", str(out), "--only", only, "--repeats", "1", "--warmup", "0"])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def _check_report(report: dict, groups: list[str]) -> None:
+    assert set(report) == TOP_KEYS
+    assert set(report["machine"]) == MACHINE_KEYS
+    assert report["machine"]["threads"] == torch.get_num_threads()
+    assert report["command"]  # the process's own command line
+    assert report["equivalent_command"].startswith("attnzoo bench --quick --only " + ",".join(groups))
+    assert report["options"]["groups"] == groups
+    assert report["rows"], "no rows"
+    for row in report["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["error"] is None, row
+        if row["attnzoo"] is not None and row["reference"] is not None:
+            assert row["ratio"] == pytest.approx(ratio(row["attnzoo"], row["reference"], row["unit"]))
+    assert {r["group"] for r in report["rows"]} == set(groups)
+
+
+def test_quick_in_process_groups(tiny, tmp_path, capsys):
+    groups = ["functional", "mha_train", "mha_eval", "mha_weights", "decode", "compile", "gating", "throughput"]
+    report = _run(tmp_path, ",".join(groups))
+    _check_report(report, groups)
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["group", "operation", "shape", "attnzoo", "reference", "ratio"]
+    by_op = {(r["group"], r["operation"]): r for r in report["rows"]}
+    assert by_op["decode", "generate s/token"]["extra"]["same_tokens"] is True
+    assert by_op["mha_eval", "self-attn eval"]["extra"]["max_abs_diff"] < 1e-4
+    assert by_op["throughput", "sdpa fwd GFLOP/s"]["unit"] == "GFLOP/s"
+
+
+def test_quick_memory_and_long_groups(tiny, tmp_path, monkeypatch):
+    from attnzoo.bench import cases_attention
+
+    specs = []
+
+    def fake(spec):  # the real subprocess is exercised once, below
+        specs.append(spec)
+        return {"peak_mb": 8.0 if spec.get("rows") else 16.0, "seconds": 0.5, "method": "fake", "threads": 1}
+
+    monkeypatch.setattr(cases_attention, "measure_in_subprocess", fake)
+    report = _run(tmp_path, "memory,long")
+    _check_report(report, ["memory", "long"])
+    assert [r["unit"] for r in report["rows"]] == ["MB", "MB", "s"] + ["MB", "s"] * 3
+    assert report["rows"][1]["ratio"] == 2.0  # all rows' MB / chosen rows' MB
+    assert [(s["op"], s.get("impl"), s.get("rows"), s.get("mask")) for s in specs] == [
+        ("mha_weights", "attnzoo", None, None), ("mha_weights", "torch", None, None),
+        ("mha_weights", "attnzoo", 4, None), ("mha_long", None, None, "none"),
+        ("mha_long", None, None, "causal"), ("mha_long", None, None, "padding")]
+
+
+def test_memory_is_measured_in_a_fresh_process():
+    from attnzoo.bench._memory import measure_in_subprocess
+
+    res = measure_in_subprocess({"op": "mha_long", "mask": "causal", "B": 1, "N": 64, "E": 16, "H": 2})
+    assert res["peak_mb"] >= 0 and res["seconds"] > 0
+    assert res["method"] in ("VmHWM-VmRSS", "ru_maxrss-VmRSS")
+
+
+def test_groups_listed_equal_groups_registered():
+    registry, missing = bench._registry()
+    assert not missing
+    assert set(registry) == set(group_names())
+
+
+@pytest.mark.parametrize("argv", [["--only", "nope"], ["--repeats", "0"], ["--warmup", "-1"], ["--device", "tpu"],
+                                  ["--json", "/no/such/dir/x.json"], ["--json", "."]])
+def test_bad_values_exit_2_with_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attnzoo bench: error:") and "\n" not in err
+
+
+def test_a_failing_row_is_reported_and_the_run_goes_on(monkeypatch):
+    bench._registry()
+
+    def boom() -> Row:
+        raise RuntimeError("boom\nsecond line")
+
+    def fake(ctx):
+        yield Job("bad", "N=1", boom)
+        yield Job("good", "N=1", lambda: Row("functional", "good", "N=1", attnzoo=1.0, reference=2.0))
+
+    monkeypatch.setitem(GROUPS, "functional", ("fake", fake))
+    report = bench.run_benchmarks({"quick": True, "repeats": 1, "warmup": 0, "groups": ["functional"],
+                                   "device": "cpu", "json": None}, progress=None)
+    bad, good = report["rows"]
+    assert bad["error"] == "RuntimeError: boom second line" and bad["ratio"] is None
+    assert good["error"] is None and good["ratio"] == 2.0
+
+
+def test_compile_failure_becomes_an_error_row(monkeypatch):
+    from attnzoo.bench import cases_models
+    from attnzoo.bench._core import Context
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    ctx = Context(quick=True, repeats=1, warmup=0, device=torch.device("cpu"), sizes=TINY)
+    shape, build = cases_models._compile_cases(ctx)["SqueezeExcite"]
+    row = cases_models._compiled(ctx, "SqueezeExcite", shape, build)
+    assert row.error == "torch.compile failed: RuntimeError: no C++ compiler found"
+    assert "error: torch.compile failed" in format_table([row])
+
+
+def test_compile_cases_build_and_run_eagerly():
+    from attnzoo.bench import cases_models
+    from attnzoo.bench._core import Context
+
+    ctx = Context(quick=True, repeats=1, warmup=0, device=torch.device("cpu"), sizes=TINY)
+    cases = cases_models._compile_cases(ctx)
+    assert set(cases) == set(SIZES["full"]["compile"]["cases"])
+    for _shape, build in cases.values():
+        m, args, kw = build()
+        with torch.no_grad():
+            assert cases_models._first(m.eval()(*args, **kw)).shape == args[0].shape
+
+
+def test_attnzoo_bench_subcommand(capsys):
+    import importlib
+
+    from attnzoo import cli
+
+    if not hasattr(importlib.import_module("attnzoo.demo"), "add_arguments"):
+        pytest.skip("attnzoo.demo (needed by the attnzoo command's parser) is not written yet")
+    assert cli.main(["bench", "--only", "nope"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_literal_references_match_the_modules():
+    from attnzoo.bench.cases_models import literal_cbam, literal_se
+    from attnzoo.channel import SqueezeExcite
+    from attnzoo.spatial import CBAM
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 6, 6)
+    se, cbam = SqueezeExcite(32), CBAM(32)
+    torch.testing.assert_close(literal_se(se, x), se(x))
+    torch.testing.assert_close(literal_cbam(cbam, x), cbam(x))
+
+
+# ------------------------------------------------------------------------- arithmetic
+def test_ratio_is_how_many_times_better_attnzoo_is():
+    assert ratio(2.0, 4.0, "s") == 2.0  # attnzoo twice as fast
+    assert ratio(4.0, 2.0, "s") == 0.5
+    assert ratio(10.0, 30.0, "MB") == 3.0  # a third of the memory
+    assert ratio(0.001, 0.003, "s/token") == pytest.approx(3.0)
+    assert ratio(50.0, 100.0, "GFLOP/s") == 0.5  # rates: attnzoo / reference
+    for a, r, unit in [(None, 1.0, "s"), (1.0, None, "s"), (0.0, 1.0, "s"), (1.0, 2.0, "%"),
+                       (math.nan, 1.0, "s"), (1.0, math.inf, "MB")]:
+        assert ratio(a, r, unit) is None
+    assert Row("g", "op", "", unit="MB", attnzoo=5.0, reference=20.0).ratio == 4.0
+    assert Row("g", "op", "", attnzoo=math.nan, reference=1.0).to_json()["attnzoo"] is None
+
+
+def test_compare_alternates_and_reports_medians(monkeypatch):
+    calls = []
+    compare(lambda: calls.append("a"), lambda: calls.append("b"), repeats=3, warmup=1, min_sample_s=0)
+    assert calls == ["a", "b"] * 4  # warm-up pair, then A B A B A B
+    ticks = iter([0.0, 1.0, 0.0, 5.0, 0.0, 3.0, 0.0, 5.0, 0.0, 2.0, 0.0, 5.0])  # a: 1, 3, 2; b: 5, 5, 5
+    import attnzoo.bench._core as core
+
+    monkeypatch.setattr(core.time, "perf_counter", lambda: next(ticks))
+    a, b = compare(lambda: None, lambda: None, repeats=3, warmup=0, min_sample_s=0)
+    monkeypatch.undo()
+    assert (a, b) == (2.0, 5.0)
+
+
+def test_format_value_scales_units():
+    assert format_value(1.5, "s") == "1.5 s"
+    assert format_value(0.0015, "s") == "1.5 ms"
+    assert format_value(2.5e-5, "s") == "25 us"
+    assert format_value(0.004, "s/token") == "4 ms/token"
+    assert format_value(1234.56, "MB") == "1234.6 MB"
+    assert format_value(12.34, "%") == "12.3 %"
+    assert format_value(None, "s") == "-"
+
+
+def test_table_aligns_columns_and_lists_notes():
+    rows = [
+        Row("functional", "sdpa fwd", "B=1 N=8", attnzoo=0.002, reference=0.004),
+        Row("memory", "peak", "N=4096", unit="MB", attnzoo=10.0, reference=100.0, note="fresh process"),
+        Row("compile", "CBAM compiled", "B=2", error="torch.compile failed: no compiler"),
+    ]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["group", "operation", "shape", "attnzoo", "reference", "ratio"]
+    assert set(lines[1]) <= {"-", " "}
+    assert len(lines[2]) == len(lines[3]) == len(lines[0])  # numeric rows line up with the header
+    assert lines[2].split()[-5:] == ["2", "ms", "4", "ms", "2.00x"]
+    assert "peak [1]" in lines[3] and lines[3].endswith("10.00x")
+    assert lines[4].split()[:2] == ["compile", "CBAM"] and lines[4].endswith("error: torch.compile failed: no compiler")
+    assert lines[-1] == "[1] fresh process"
