@@ -31,9 +31,9 @@ from ._checks import check_dropout, check_mask_dtype, check_tensor
 
 __all__ = ["attention_reference", "attention_weights", "scaled_dot_product_attention"]
 
-# Rows of weights computed at once: keeps a weights block near 2**22 floats (16 MiB in
+# Rows of weights computed at once: keeps a weights block near 2**21 floats (8 MiB in
 # float32), so averaged weights never hold much more than their (B, L, S) result.
-_BLOCK_ELEMENTS = 1 << 22
+_BLOCK_ELEMENTS = 1 << 21
 # Above this many mask elements a causal+mask combination is built per query block.
 _MASK_ELEMENTS = 1 << 24
 
@@ -212,8 +212,12 @@ def attention_weights(
     index = None if rows is None else _row_index(rows, L, query.device)
     n_rows = L if index is None else index.numel()
     block = max(1, _BLOCK_ELEMENTS // max(1, S * math.prod(query.shape[:-2])))
-    kt = key.transpose(-2, -1)  # (*, E, S)
+    kt = key.contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
     grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
+    batch = list(query.shape[:-2])
+    heads = batch.pop(-1) if average_heads else 1
+    # Without autograd, blocks go straight into one preallocated result (no cat, no copies).
+    out = None if grad else query.new_empty(*batch, n_rows, S)
 
     blocks = []
     for b0 in range(0, n_rows, block):
@@ -237,8 +241,16 @@ def attention_weights(
             empty = ~allowed.any(dim=-1, keepdim=True)  # (..., R_blk, 1), cheap for broadcast masks
             w = torch.softmax(scores.masked_fill_(empty, 0.0), dim=-1)
             w = w.masked_fill(empty, 0.0) if grad else w.masked_fill_(empty, 0.0)
-        blocks.append(w.mean(dim=-3) if average_heads else w)
-    return torch.cat(blocks, dim=-2) if len(blocks) != 1 else blocks[0]
+        if average_heads:
+            w = w.sum(dim=-3)  # (*, R_blk, S); divided by the head count once, at the end
+        if out is None:
+            blocks.append(w)
+        else:
+            out[..., b0:b1, :] = w
+    if out is None:
+        out = torch.cat(blocks, dim=-2) if len(blocks) != 1 else blocks[0]
+        return out / heads if average_heads else out
+    return out.div_(heads) if average_heads else out
 
 
 # --------------------------------------------------------------------------------------
