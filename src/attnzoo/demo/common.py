@@ -52,11 +52,11 @@ class DatesBudget:
 
 
 FULL = {
-    "vision": VisionBudget(n_train=2500, n_test=1000, epochs=6),
+    "vision": VisionBudget(n_train=2500, n_test=1000, epochs=8),
     "dates": DatesBudget(n_train=6400, n_test=1000, epochs=6),
 }
 QUICK = {
-    "vision": VisionBudget(n_train=500, n_test=300, epochs=2),
+    "vision": VisionBudget(n_train=768, n_test=300, epochs=3, lr=6e-3),
     "dates": DatesBudget(n_train=1600, n_test=300, epochs=2, n_per_format=10, n_curve=200),
 }
 

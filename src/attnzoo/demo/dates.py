@@ -34,7 +34,7 @@ _OUT_FIELDS = {"year": range(0, 4), "month": range(5, 7), "day": range(8, 10)}
 _FIELD_LEN = {"year": 4, "month": 2, "day": 2}
 #: The examples whose attention maps are drawn (first held-out day, rendered in each).
 PLOT_FORMATS = ("weekday_long", "dmy_dot", "mdy_slash_short")
-EOS = "⟨eos⟩"
+EOS = "<eos>"
 
 
 def _encode(inputs: list[str], targets: list[str]) -> tuple[Tensor, Tensor]:
@@ -184,10 +184,20 @@ def run(budget: DatesBudget, seed: int, device: torch.device, fig_dir: Any) -> d
         inputs = [format_date(d, fmt) for d in days]
         per_format[fmt] = scores(predict(model, inputs, device), [d.isoformat() for d in days])[0]
     triples = [{"input": s, "target": g, "prediction": p} for (s, g), p in zip(test, preds)]
+    wrong = {"year": 0, "month": 0, "day": 0, "malformed": 0}
+    for x in triples:
+        got, want = x["prediction"].split("-"), x["target"].split("-")
+        if len(got) != 3 or [len(f) for f in got] != [4, 2, 2]:
+            wrong["malformed"] += x["prediction"] != x["target"]
+            continue
+        for field, a, b in zip(("year", "month", "day"), got, want):
+            wrong[field] += a != b
     result = {
         "exact_match": exact, "char_accuracy": char_acc, "n_test": len(test),
         "examples": triples[:12],
         "errors": [x for x in triples if x["prediction"] != x["target"]][:10],
+        "n_errors": sum(x["prediction"] != x["target"] for x in triples),
+        "wrong_fields": wrong,
         "per_format_exact_match": per_format,
         "params": sum(p.numel() for p in model.parameters()),
         "seconds": r["seconds"], "decode_seconds": t_eval[0],
@@ -198,12 +208,12 @@ def run(budget: DatesBudget, seed: int, device: torch.device, fig_dir: Any) -> d
                   "lr": budget.lr, "seed": seed},
         "cross_attention": alignment(model, days, device),
     }
-    result["figures"] = _figures(model, days[0], device, fig_dir, result["cross_attention"])
+    result["figures"] = _figures(model, days[0], device, fig_dir, result["cross_attention"], r["history"])
     return result
 
 
 def _figures(model: Seq2SeqTransformer, day: date, device: torch.device, fig_dir: Any,
-             align: dict[str, Any]) -> dict[str, Any]:
+             align: dict[str, Any], history: dict[str, list[float]]) -> dict[str, Any]:
     from .. import viz
 
     inputs = [format_date(day, f) for f in PLOT_FORMATS]
@@ -213,21 +223,27 @@ def _figures(model: Seq2SeqTransformer, day: date, device: torch.device, fig_dir
     best = max(range(layers), key=lambda i: align["field_per_layer"][i])  # the clearest picture
     out_labels = list(target) + [EOS]
     figs: dict[str, Any] = {"cross": [], "best_layer": best + 1}
-    for ex, src in enumerate(inputs):
+    viz.plot_training_curves({"transformer": history}, fig_dir / "dates_curves.png",
+                             title="Dates: train loss and held-out exact match per epoch")
+    figs["curves"] = "dates_curves.png"
+    for ex, src in enumerate(inputs):  # the first example: every head of every layer
         keys = list(src) + [EOS]
         for li in range(layers) if ex == 0 else [best]:
-            w = maps[f"decoder_layers.{li}.multihead_attn"][ex, :, :, : len(keys)]
+            w = maps[f"decoder_layers.{li}.multihead_attn"][ex, :, :, : len(keys)]  # (H, L, S)
+            w = w if ex == 0 else w.mean(0)  # the others: the mean over heads
             name = f"dates_cross_attention_ex{ex + 1}_layer{li + 1}.png"
-            viz.plot_attention(w, fig_dir / name, query_labels=out_labels, key_labels=keys,
-                               title=f"Cross-attention, decoder layer {li + 1}: {src!r} -> {target}")
-            figs["cross"].append({"file": name, "input": src, "layer": li + 1})
+            title = (f"Cross-attention, decoder layer {li + 1}: {src!r} -> {target}" if ex == 0
+                     else f"Cross-attn, layer {li + 1}, head mean")
+            viz.plot_attention(w, fig_dir / name, query_labels=out_labels, key_labels=keys, title=title)
+            figs["cross"].append({"file": name, "input": src, "layer": li + 1, "per_head": ex == 0})
     keys = list(inputs[0]) + [EOS]
     w = maps[f"encoder_layers.{layers - 1}.self_attn"][0, :, : len(keys), : len(keys)]
     viz.plot_attention(w, fig_dir / "dates_encoder_self_attention.png", query_labels=keys, key_labels=keys,
                        title=f"Encoder self-attention, layer {layers}: {inputs[0]!r}")
     figs["encoder_self"] = "dates_encoder_self_attention.png"
-    w = maps[f"decoder_layers.{layers - 1}.self_attn"][0]
+    w = maps[f"decoder_layers.{layers - 1}.self_attn"][0].mean(0)
     viz.plot_attention(w, fig_dir / "dates_decoder_self_attention.png", query_labels=out_labels,
-                       key_labels=["⟨bos⟩"] + list(target), title=f"Decoder self-attention (causal), layer {layers}")
+                       key_labels=["<bos>"] + list(target),
+                       title=f"Decoder self-attn, layer {layers}, head mean")
     figs["decoder_self"] = "dates_decoder_self_attention.png"
     return figs

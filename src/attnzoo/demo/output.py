@@ -60,6 +60,7 @@ class Staging:
         if not ancestor.is_dir():
             raise UsageError(f"{where}: {ancestor} is not a folder")
         self._created: list[Path] = []
+        self._aside: Path | None = None
         missing = []
         p = parent
         while p != ancestor:
@@ -82,8 +83,11 @@ class Staging:
         self._created = []
 
     def discard(self) -> None:
-        """Remove the staging folder and the parent folders this run created."""
+        """Remove the staging folder (and a set-aside earlier report once the new one is in
+        place) and the parent folders this run created."""
         shutil.rmtree(self.path, ignore_errors=True)
+        if self._aside is not None and self.out.exists():
+            shutil.rmtree(self._aside, ignore_errors=True)
         self._remove_created()
 
     def commit(self) -> Path:
@@ -91,7 +95,8 @@ class Staging:
         if not (self.out.exists() or self.out.is_symlink()):
             os.replace(self.path, self.out)
             return self.out
-        aside = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".old", dir=self.out.parent))
+        aside = self._aside = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".old",
+                                                    dir=self.out.parent))
         try:
             os.replace(self.out, aside)  # onto an empty folder: allowed
         except BaseException:

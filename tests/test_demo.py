@@ -1,0 +1,194 @@
+"""End-to-end tests of ``attnzoo demo`` (the tour), on the ``--quick`` budget.
+
+One real run in a subprocess (module-scoped, about half a minute) is checked file by file
+and key by key; a second run with the same seed, in-process and ``--only vision`` (with
+stub figures), into the SAME folder must give identical vision numbers (timings aside)
+and replace, not merge with, the first report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+import matplotlib.image  # noqa: E402
+
+import attnzoo  # noqa: E402
+from attnzoo import cli  # noqa: E402
+
+#: What the ``attnzoo`` console script runs (``attnzoo.cli:main``), in a fresh interpreter.
+ATTNZOO = [sys.executable, "-c", "import sys; from attnzoo.cli import main; sys.exit(main())"]
+SEED = 0
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MODELS = ("baseline", "se", "cbam")
+
+
+def _env() -> dict[str, str]:
+    """The subprocess imports the same attnzoo as this test (installed or from src/)."""
+    env = dict(os.environ)
+    src = str(Path(attnzoo.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory):
+    """Run ``attnzoo demo --quick`` once; snapshot what it wrote (later tests overwrite it)."""
+    parent = tmp_path_factory.mktemp("tour")
+    out = parent / "report"
+    proc = subprocess.run([*ATTNZOO, "demo", "--quick", "--seed", str(SEED),
+                           "--out", str(out)], capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    return SimpleNamespace(out=out, parent=parent, proc=proc, files=files,
+                           results=json.loads(files["results.json"]), html=files["index.html"].decode("utf-8"))
+
+
+def _pngs(files: dict[str, bytes]) -> list[str]:
+    return sorted(n for n in files if n.endswith(".png"))
+
+
+def _without_timings(obj):
+    """Drop every key with 'seconds' in its name (timings differ from run to run)."""
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if "seconds" not in k}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _is_unit(x) -> bool:
+    return isinstance(x, float) and 0.0 <= x <= 1.0
+
+
+def test_exit_status_progress_and_summary(tour):
+    proc = tour.proc
+    assert "Traceback" not in proc.stderr + proc.stdout
+    # one line per finished training run, even though stderr is not a terminal
+    runs = [line for line in proc.stderr.splitlines() if line.startswith(("vision ", "dates "))]
+    assert len(runs) == 3 * len(MODELS) + 1, proc.stderr
+    for name in MODELS:
+        assert any(name in line and "test accuracy" in line for line in runs)
+    # the summary table and the report's path on stdout
+    out = proc.stdout
+    for name in MODELS:
+        m = tour.results["vision"]["models"][name]
+        assert re.search(rf"^{name}\s+{m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f}", out, re.M), out
+    assert f"{tour.results['dates']['exact_match']:.3f}" in out
+    assert out.strip().splitlines()[-1] == f"report: {tour.out / 'index.html'}"
+
+
+def test_files_written_and_nothing_left_behind(tour):
+    names = set(tour.files)
+    assert {"index.html", "results.json"} <= names
+    expected = {"vision_accuracy.png", "vision_curves.png", "se_gates_stage1.png", "cbam_spatial_stage1.png",
+                "dates_curves.png", "dates_encoder_self_attention.png", "dates_decoder_self_attention.png",
+                "dates_cross_attention_ex1_layer1.png"}
+    assert expected <= names
+    assert not [n for n in names if n.startswith(".") or "tmp" in n or "partial" in n]
+    assert [p.name for p in tour.parent.iterdir()] == ["report"]  # no staging folder beside it
+
+
+def test_results_json_shape_and_ranges(tour):
+    r = tour.results
+    assert r["seed"] == SEED and r["quick"] is True and r["only"] is None
+    assert isinstance(r["seconds"], float) and r["seconds"] > 0
+    v = r["vision"]
+    assert set(MODELS) <= set(v["models"])
+    params = {}
+    for name in MODELS:
+        m = v["models"][name]
+        assert _is_unit(m["accuracy_mean"]) and isinstance(m["accuracy_std"], float) and m["accuracy_std"] >= 0
+        assert len(m["accuracies"]) >= 3 and all(_is_unit(a) for a in m["accuracies"])
+        assert math.isclose(m["accuracy_mean"], sum(m["accuracies"]) / len(m["accuracies"]))
+        assert isinstance(m["params"], int) and m["params"] > 0
+        assert isinstance(m["seconds"], float) and m["seconds"] > 0
+        params[name] = m["params"]
+    assert params["baseline"] < params["se"] < params["cbam"]  # same CNN plus the gates
+    assert v["seeds"] == [SEED, SEED + 1, SEED + 2]
+    ratio = v["cbam_localization_ratio"]
+    assert isinstance(ratio, float) and 0 < ratio <= 4.0  # the box is a quarter of the canvas
+    stages = v["cbam_localization_per_stage"]
+    assert len(stages) == 3 and stages[0]["mean"] == ratio
+    for name in ("se", "cbam"):
+        cmp = v["comparisons"][f"{name}_vs_baseline"]
+        lo, hi = cmp["ci95_points"]
+        assert lo <= cmp["mean_points"] <= hi and isinstance(cmp["significant"], bool)
+    d = r["dates"]
+    assert _is_unit(d["exact_match"]) and _is_unit(d["char_accuracy"])
+    assert d["char_accuracy"] >= d["exact_match"]
+    assert d["examples"] and all(set(e) >= {"input", "target", "prediction"} for e in d["examples"])
+    assert all(isinstance(e[k], str) for e in d["examples"] for k in ("input", "target", "prediction"))
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", e["target"]) for e in d["examples"])
+    assert len(d["per_format_exact_match"]) >= 10
+    ca = d["cross_attention"]
+    assert all(_is_unit(x) for x in ca["field_per_layer"] + ca["exact_position_per_layer"])
+
+
+def test_pngs_are_valid_images(tour):
+    pngs = _pngs(tour.files)
+    assert len(pngs) >= 12
+    for name in pngs:
+        data = tour.files[name]
+        assert data[:8] == PNG_SIGNATURE and len(data) > 1000, name
+        pixels = matplotlib.image.imread(io.BytesIO(data), format="png")
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100, name
+        assert float(pixels[..., :3].std()) > 0.01, f"{name} is blank"
+
+
+def test_html_is_self_contained_and_shows_the_numbers(tour):
+    html = tour.html
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    referenced = set(re.findall(r'<img src="([^"]+)"', html))
+    assert referenced == set(_pngs(tour.files))  # every figure shown, none missing
+    lowered = html.lower()
+    for external in ("http://", "https://", "<script", "<link", "@import", "url("):
+        assert external not in lowered
+    v, d = tour.results["vision"], tour.results["dates"]
+    for name in MODELS:
+        m = v["models"][name]
+        assert f"{m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f}" in html
+        assert f"{m['params']:,}" in html
+    assert f"{v['cbam_localization_ratio']:.2f}" in html
+    assert f"{d['exact_match']:.3f}" in html and f"{d['char_accuracy']:.3f}" in html
+    for e in d["examples"][:3]:
+        assert e["target"] in html
+    for mechanism in ("Squeeze-and-Excitation", "CBAM", "Self-attention", "Cross-attention"):
+        assert mechanism in html
+    # the page states the finding in words, whatever it is
+    assert re.search(r"(beat|did worse than) the baseline|No significant difference", html)
+
+
+def test_same_seed_same_numbers_and_report_replaced(tour, capsys, monkeypatch):
+    # Same seed, in this process rather than a subprocess, into the SAME folder. The
+    # figures were checked above; here they are stubs, to keep the test short.
+    from attnzoo import viz
+
+    def stub(*args, **kwargs):
+        path = next(Path(a) for a in args if isinstance(a, (str, os.PathLike)) and str(a).endswith(".png"))
+        path.write_bytes(PNG_SIGNATURE)
+        return path
+    for name in viz.__all__:
+        monkeypatch.setattr(viz, name, stub)
+    code = cli.main(["demo", "--quick", "--seed", str(SEED), "--only", "vision", "--out", str(tour.out)])
+    assert code == 0
+    capsys.readouterr()
+    again = json.loads((tour.out / "results.json").read_text("utf-8"))
+    assert "dates" not in again and again["only"] == "vision"
+    assert _without_timings(again["vision"]) == _without_timings(tour.results["vision"])
+    # the old report was replaced as a whole: no dates figures remain, nothing left beside it
+    assert not list(tour.out.glob("dates_*.png"))
+    assert "Sequences: date normalisation" not in (tour.out / "index.html").read_text("utf-8")
+    assert [p.name for p in tour.parent.iterdir()] == ["report"]
