@@ -70,4 +70,6 @@ def _version() -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from attnzoo.cli import main as _main  # the imported module, whose UsageError the commands raise
+
+    sys.exit(_main())

@@ -250,21 +250,6 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m attnzoo.bench [options]``: same options and exit codes as ``attnzoo bench``."""
-    from ..cli import UsageError
+    from ..cli import main as cli_main
 
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # one line, no usage dump
-            self.exit(2, f"{self.prog}: error: {message}\n")
-
-    parser = _Parser(prog="attnzoo bench",
-                     description="Time attnzoo against the PyTorch equivalents in one run and print ratios.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except UsageError as exc:
-        print(f"attnzoo bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("attnzoo bench: interrupted; nothing partial was written", file=sys.stderr)
-        return 130
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
