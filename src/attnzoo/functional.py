@@ -216,15 +216,21 @@ def attention_weights(
     grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
     batch = list(query.shape[:-2])
     heads = batch.pop(-1) if average_heads else 1
-    # Without autograd, blocks go straight into one preallocated result (no cat, no copies).
+    # Without autograd, every block reuses one scores buffer (softmax in place) and goes
+    # straight into one preallocated result: no per-block allocations, no cat.
     out = None if grad else query.new_empty(*batch, n_rows, S)
+    buffer = None if grad else query.new_empty(math.prod(query.shape[:-2]) * min(block, n_rows) * S)
 
     blocks = []
     for b0 in range(0, n_rows, block):
         b1 = min(n_rows, b0 + block)
         pos = torch.arange(b0, b1, device=query.device) if index is None else index[b0:b1]
         q = query[..., b0:b1, :] if index is None else query.index_select(-2, pos)
-        scores = torch.matmul(q * scale, kt)  # (*, R_blk, S)
+        if buffer is None:
+            scores = torch.matmul(q * scale, kt)  # (*, R_blk, S)
+        else:
+            scores = buffer[: math.prod(q.shape[:-1]) * S].view(*q.shape[:-1], S)
+            torch.matmul(q * scale, kt, out=scores)  # (*, R_blk, S)
         allowed = None  # only a mask can leave a row with nothing to attend to
         if attn_mask is not None:
             m = attn_mask.index_select(-2, pos) if attn_mask.size(-2) > 1 else attn_mask
@@ -234,12 +240,13 @@ def attention_weights(
         if is_causal:
             future = torch.arange(S, device=query.device) > pos[:, None]  # (R_blk, S)
             allowed = ~future if allowed is None else allowed & ~future
+        softmax = torch.softmax if buffer is None else _softmax_
         if allowed is None:
-            w = torch.softmax(scores, dim=-1)
+            w = softmax(scores, dim=-1)
         else:
             scores.masked_fill_(~allowed, float("-inf"))
             empty = ~allowed.any(dim=-1, keepdim=True)  # (..., R_blk, 1), cheap for broadcast masks
-            w = torch.softmax(scores.masked_fill_(empty, 0.0), dim=-1)
+            w = softmax(scores.masked_fill_(empty, 0.0), dim=-1)
             w = w.masked_fill(empty, 0.0) if grad else w.masked_fill_(empty, 0.0)
         if average_heads:
             w = w.sum(dim=-3)  # (*, R_blk, S); divided by the head count once, at the end
@@ -256,6 +263,12 @@ def attention_weights(
 # --------------------------------------------------------------------------------------
 # Helpers.
 # --------------------------------------------------------------------------------------
+def _softmax_(x: Tensor, dim: int) -> Tensor:
+    """Softmax in place (inference only: autograd needs the input)."""
+    x.sub_(x.amax(dim=dim, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=dim, keepdim=True))
+
+
 def _merge_causal(mask: Tensor, causal: bool, L: int, S: int, offset: int) -> Tensor:
     """Fold a causal triangle (query rows start at ``offset``) into ``mask``."""
     if not causal:
