@@ -165,12 +165,11 @@ def _fused(
 ) -> Tensor:
     """torch's fused kernel, made safe for rows that may attend to nothing.
 
-    ``offset`` is the position of the first query row (for a block of a causal sequence).
+    ``offset`` is the position of the first query row, for a block of a causal sequence
+    (only the blocked path passes one, always with a mask).
     """
-    if mask is None and offset == 0:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale)
     if mask is None:
-        mask = torch.ones(1, 1, dtype=torch.bool, device=q.device)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale)
     mask = _merge_causal(mask, causal, q.size(-2), k.size(-2), offset)
     mask, empty = _open_empty_rows(mask)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
