@@ -143,7 +143,7 @@ class MultiHeadAttention(nn.Module):
         if unbatched:
             key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
         B, L, S = query.size(0), query.size(1), key.size(1)
-        mask = self._allowed(key_padding_mask, attn_mask, B, L, S, query.dtype)
+        mask = self.combine_masks(key_padding_mask, attn_mask, B, L, S, query.dtype)
 
         q, k, v = self.project_qkv(query, key, value)  # (B, H, L, hs), (B, Hkv, S, hs) ×2
         out, weights = self.attend(
@@ -246,9 +246,13 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"query and key must have the same batch size, got {query.size(0)} and {key.size(0)}")
         return query, key, value, unbatched
 
-    def _allowed(self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
-                 dtype: torch.dtype) -> Tensor | None:
-        """Turn torch-polarity masks into one (B|1, H|1, L|1, S) mask of functional polarity."""
+    def combine_masks(self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
+                      dtype: torch.dtype) -> Tensor | None:
+        """Check torch-polarity masks and turn them into one mask of functional polarity.
+
+        Returns None, a bool mask (True = may attend) or a float bias, shaped to broadcast
+        to (B, H, L, S); this is what :meth:`attend` takes as ``mask``.
+        """
         masks = []
         if key_padding_mask is not None:
             check_mask_dtype("key_padding_mask", key_padding_mask)

@@ -96,13 +96,8 @@ def project_memory(attn: MultiHeadAttention, memory: Tensor, key_padding_mask: T
     """
     check_tensor("memory", memory, ndim=3)
     k, v = attn.project_kv(memory)  # (B, Hkv, S, hs) ×2
-    mask = key_padding_mask
-    if mask is not None:
-        B, S = memory.shape[:2]
-        if not isinstance(mask, Tensor) or mask.shape != (B, S):
-            raise ValueError(f"memory_key_padding_mask must be a (B, S) = {(B, S)} tensor, got {mask!r:.60}")
-        mask = mask.view(B, 1, 1, S)  # (B, 1, 1, S)
-        mask = ~mask if mask.dtype == torch.bool else mask.to(k.dtype)
+    B, S = memory.shape[:2]
+    mask = attn.combine_masks(key_padding_mask, None, B, 1, S, k.dtype)  # (B, 1, 1, S) or None
     return MemoryKV(k, v, mask)
 
 
