@@ -44,7 +44,13 @@ def check_tensor(name: str, x: object, ndim: int | Sequence[int] | None = None) 
 
 
 def check_dtype_matches(name: str, x: Tensor, dtype: torch.dtype, owner: str) -> None:
-    if x.dtype != dtype:
+    """Input and parameters must share a dtype, except under ``torch.autocast``.
+
+    Autocast hands modules inputs in its lower precision (or leaves them in float32) and
+    casts inside each op, exactly as ``nn.Linear``/``nn.Conv2d`` expect; refusing the
+    mismatch there would refuse mixed-precision training itself.
+    """
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"{name} has dtype {x.dtype} but {owner} parameters are {dtype}; "
             f"convert the input or the module (module.to({dtype}))"
