@@ -103,18 +103,94 @@ def test_weights_for_selected_rows_equal_full_rows():
         torch.testing.assert_close(w, full[..., idx, :], atol=1e-14, rtol=0)
 
 
-def test_blocked_paths_equal_unblocked(monkeypatch):
+@pytest.mark.parametrize("grad", [False, True])
+def test_blocked_paths_equal_unblocked(monkeypatch, grad):
     """Force tiny blocks so the blockwise weights and causal+mask paths run on small data."""
     q, k, v = qkv(L=11, S=11)
     mask = torch.rand(2, 1, 1, 11, generator=torch.Generator().manual_seed(7)) > 0.3
     expected = attention_reference(q, k, v, mask, is_causal=True, need_weights=True)
-    monkeypatch.setattr(AF, "_BLOCK_ELEMENTS", 40)
+    monkeypatch.setitem(AF._BLOCK_ELEMENTS, "cpu", 40)
     monkeypatch.setattr(AF, "_MASK_ELEMENTS", 1)
+    for t in (q, k, v):
+        t.requires_grad_(grad)
     out, w = scaled_dot_product_attention(q, k, v, mask, is_causal=True, need_weights=True)
     torch.testing.assert_close(out, expected[0])
     torch.testing.assert_close(w, expected[1])
     avg = attention_weights(q, k, mask, True, average_heads=True)
     torch.testing.assert_close(avg, expected[1].mean(1))
+    rows = attention_weights(q, k, mask, True, rows=torch.tensor([10, 0, 4, 7]))
+    torch.testing.assert_close(rows, expected[1][..., [10, 0, 4, 7], :])
+    if grad:
+        gq, gk = torch.autograd.grad((avg * torch.randn_like(avg)).sum(), (q, k))
+        assert torch.isfinite(gq).all() and torch.isfinite(gk).all()
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("lengths", [[7, 3, 0, 7], [5, 5, 5, 5], [0, 0, 0, 0], [9, 9, 9, 9]])
+@pytest.mark.parametrize("L", [9, 6])
+def test_causal_tail_padding_runs_per_length_and_equals_formula(monkeypatch, kind, lengths, L):
+    """Causal + a key padding tail: each length of valid keys runs the causal kernel unmasked."""
+    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
+    calls = []
+    real = AF._per_length_causal_sdpa
+    monkeypatch.setattr(AF, "_per_length_causal_sdpa", lambda *a: calls.append(a[3]) or real(*a))
+    q, k, v = (t.requires_grad_() for t in qkv(B=4, H=2, L=L, S=9, E=4, Ev=3))
+    allowed = torch.arange(9) < torch.tensor(lengths)[:, None]  # (B, S)
+    mask = allowed[:, None, None, :]
+    if kind == "float":
+        mask = torch.zeros(mask.shape, dtype=D).masked_fill(~mask, -math.inf)
+    out = scaled_dot_product_attention(q, k, v, mask, is_causal=True)
+    ref = attention_reference(q, k, v, mask, is_causal=True)
+    assert calls == [lengths]
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_causal_with_other_masks_does_not_take_the_length_route(monkeypatch):
+    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(AF, "_per_length_causal_sdpa", None)  # would fail if called
+    q, k, v = qkv(B=3, H=2, L=6, S=6)
+    left = torch.arange(6) >= torch.tensor([0, 2, 1])[:, None]  # left padding: a suffix is valid
+    holes = torch.tensor([True, False, True, True, True, True]).expand(3, 6)
+    for allowed in (left, holes):
+        mask = allowed[:, None, None, :]
+        out = scaled_dot_product_attention(q, k, v, mask, is_causal=True)
+        torch.testing.assert_close(out, attention_reference(q, k, v, mask, is_causal=True))
+    mask = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2)) > 0.5  # (B, 1, L, S)
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask, is_causal=True),
+                               attention_reference(q, k, v, mask, is_causal=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_weights_are_float32_accurate_and_never_nan(dtype):
+    q = torch.full((1, 1, 2, 64), 100.0).to(dtype)  # scores 80,000: beyond float16's range
+    _, w = scaled_dot_product_attention(q, q, q, need_weights=True)
+    assert w.dtype == dtype and torch.equal(w.float(), torch.full((1, 1, 2, 2), 0.5))
+    q, k, v = (t.to(dtype) for t in qkv(B=2, H=3, L=6, S=7, E=8, Ev=4))
+    mask = torch.zeros(2, 1, 6, 7, dtype=dtype)
+    mask[0, 0, 2] = torch.finfo(dtype).min  # a row where every key gets the most negative bias
+    mask[1, 0, :, 3] = torch.finfo(dtype).min
+    ref_w = attention_reference(q.double(), k.double(), v.double(), mask.double(), need_weights=True)[1]
+    for avg in (False, True):
+        w = AF.sdpa(q, k, v, mask, need_weights=True, average_heads=avg)[1]
+        assert w.dtype == dtype and torch.isfinite(w).all()
+        torch.testing.assert_close(w.double(), ref_w.mean(1) if avg else ref_w, atol=4e-3, rtol=1e-2)
+
+
+def test_float_mask_that_alone_requires_grad_gets_gradients():
+    q, k, v = qkv()
+    mask = torch.randn(2, 1, 5, 7, dtype=D, requires_grad=True)
+    for causal in (False, True):
+        _, w = scaled_dot_product_attention(q, k, v, mask, is_causal=causal, need_weights=True)
+        _, ref_w = attention_reference(q, k, v, mask, is_causal=causal, need_weights=True)
+        g = torch.randn_like(w)
+        (got,) = torch.autograd.grad(w, mask, g)
+        (want,) = torch.autograd.grad(ref_w, mask, g)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
 
 
 def test_dropout_with_weights_is_consistent():

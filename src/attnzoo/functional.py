@@ -31,11 +31,17 @@ from ._checks import check_dropout, check_mask_dtype, check_tensor
 
 __all__ = ["attention_reference", "attention_weights", "scaled_dot_product_attention"]
 
-# Rows of weights computed at once: keeps a weights block near 2**21 floats (8 MiB in
-# float32), so averaged weights never hold much more than their (B, L, S) result.
-_BLOCK_ELEMENTS = 1 << 21
+# Blocks of the weights pass hold at most this many float32 scores, by device type: a CPU
+# block stays near its caches (8 MiB); a GPU block is large enough that a typical call is one
+# or a few launches (512 MiB), while the (B, L, S) averaged result still never needs the
+# per-head weights all at once. Other devices get the middle value.
+_BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 27}
+_BLOCK_DEFAULT = 1 << 24
 # Above this many mask elements a causal+mask combination is built per query block.
 _MASK_ELEMENTS = 1 << 24
+# From this many scores on, causal + a tail key padding mask runs per length of valid keys.
+_LENGTHS_MIN_ELEMENTS = 1 << 16
+_HALF = (torch.float16, torch.bfloat16)
 
 RowIndex = Tensor | slice | range | None
 
@@ -146,9 +152,8 @@ def sdpa(
             weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
         return out, weights
 
-    L, S = query.size(-2), key.size(-2)
-    if attn_mask is not None and is_causal and L * S > _MASK_ELEMENTS:
-        out = _blocked_causal_sdpa(query, key, value, attn_mask, dropout_p, scale)
+    if attn_mask is not None and is_causal:
+        out = _causal_masked_sdpa(query, key, value, attn_mask, dropout_p, scale)
     else:
         out = _fused(query, key, value, attn_mask, dropout_p, is_causal, scale)
     if not need_weights:
@@ -176,12 +181,81 @@ def _fused(
     return out.masked_fill(empty, 0.0)  # (*, L, Ev); zero output, zero gradient
 
 
+def _causal_masked_sdpa(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, scale: float | None
+) -> Tensor:
+    """Causal + a mask, at about the cost of causal alone.
+
+    A key padding mask that hides only a tail of each sample's keys (shape (B, 1, .., 1, S))
+    shortens the keys instead: each group of samples with the same length runs the causal
+    kernel on its valid keys with no mask at all. Any other mask on a long sequence runs
+    in blocks of query rows, each seeing only the keys up to its last row.
+    """
+    L, S = q.size(-2), k.size(-2)
+    lengths = _tail_lengths(mask, q) if L * S >= _LENGTHS_MIN_ELEMENTS else None
+    if lengths is not None:
+        return _per_length_causal_sdpa(q, k, v, lengths, p, scale)
+    if L * S > _MASK_ELEMENTS:
+        return _blocked_causal_sdpa(q, k, v, mask, p, scale)
+    return _fused(q, k, v, mask, p, True, scale)
+
+
+def _tail_lengths(mask: Tensor, q: Tensor) -> list[int] | None:
+    """Per-sample numbers of valid keys if ``mask`` only hides a tail of keys, else None.
+
+    Only masks of shape (B or 1, 1, ..., 1, S) qualify: bool (True = may attend), or float
+    holding nothing but 0 and -inf. Costs one pass over the mask and one host sync.
+    """
+    if q.dim() < 3 or mask.dim() != q.dim() or mask.requires_grad or mask.size(-1) == 0 or any(n != 1 for n in mask.shape[1:-1]):
+        return None
+    allowed = mask.reshape(mask.size(0), mask.size(-1))  # (B or 1, S)
+    if allowed.dtype != torch.bool:
+        if not ((allowed == 0) | allowed.isneginf()).all():
+            return None
+        allowed = allowed == 0
+    lengths = allowed.sum(dim=-1)  # (B or 1,)
+    if not torch.equal(allowed, torch.arange(allowed.size(-1), device=mask.device) < lengths[:, None]):
+        return None  # valid keys are not a prefix (left padding, holes): positions would shift
+    lengths = lengths.tolist()
+    return lengths * q.size(0) if len(lengths) == 1 else lengths
+
+
+def _per_length_causal_sdpa(
+    q: Tensor, k: Tensor, v: Tensor, lengths: list[int], p: float, scale: float | None
+) -> Tensor:
+    """Causal attention where sample b sees only its first ``lengths[b]`` keys -> (B, *, L, Ev).
+
+    Top-left causal alignment is what makes this exact: query i sees keys 0..min(i, len-1).
+    Samples with no valid key get 0, like every fully masked row.
+    """
+    groups: dict[int, list[int]] = {}
+    for b, n in enumerate(lengths):
+        groups.setdefault(n, []).append(b)
+
+    def causal(q: Tensor, k: Tensor, v: Tensor, n: int) -> Tensor:  # (b, *, L, Ev)
+        if n == 0:  # nothing to attend to: 0, with zero gradients (and no NaN from the values)
+            out = F.scaled_dot_product_attention(q, k[..., :1, :], v[..., :1, :], scale=scale)
+            return out.masked_fill(torch.ones((), dtype=torch.bool, device=q.device), 0.0)
+        return F.scaled_dot_product_attention(q, k[..., :n, :], v[..., :n, :], dropout_p=p, is_causal=True, scale=scale)
+
+    if len(groups) == 1:  # one length for the whole batch: one call
+        return causal(q, k, v, next(iter(groups)))
+    parts, order = [], []
+    for n, samples in groups.items():
+        idx = torch.tensor(samples, device=q.device)
+        parts.append(causal(q.index_select(0, idx), k.index_select(0, idx), v.index_select(0, idx), n))
+        order += samples
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(parts, dim=0).index_select(0, inverse.to(q.device))  # back in sample order
+
+
 def _blocked_causal_sdpa(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, scale: float | None
 ) -> Tensor:
     """Causal + mask without an L×S mask: each query block sees only keys up to its end."""
     L, S = q.size(-2), k.size(-2)
-    rows = max(1, _BLOCK_ELEMENTS // S)
+    rows = max(1, _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT) // S)
     outs = []
     for r0 in range(0, L, rows):
         r1 = min(L, r0 + rows)
@@ -205,67 +279,88 @@ def attention_weights(
 
     Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
     ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
+    Blocks hold at most ``_BLOCK_ELEMENTS[device type]`` scores; a call that fits is one
+    block, with no loop. float16/bfloat16 inputs are computed in float32 (scores, softmax,
+    head sums), so the weights are finite wherever the float64 formula is; the result has
+    the query's dtype.
     """
     L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     index = None if rows is None else _row_index(rows, L, query.device)
-    n_rows = L if index is None else index.numel()
-    block = max(1, _BLOCK_ELEMENTS // max(1, S * math.prod(query.shape[:-2])))
-    kt = key.contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
-    grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
-    batch = list(query.shape[:-2])
-    heads = batch.pop(-1) if average_heads else 1
-    # Without autograd, every block reuses one scores buffer (softmax in place) and goes
-    # straight into one preallocated result: no per-block allocations, no cat.
-    out = None if grad else query.new_empty(*batch, n_rows, S)
-    buffer = None if grad else query.new_empty(math.prod(query.shape[:-2]) * min(block, n_rows) * S)
+    acc = torch.float32 if query.dtype in _HALF else query.dtype  # the dtype of the arithmetic
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, attn_mask))
+    mask = attn_mask
+    if index is not None:  # the chosen rows, gathered once: (*, R, E) and (*, R or 1, S)
+        query = query.index_select(-2, index)
+        if mask is not None and mask.size(-2) > 1:
+            mask = mask.index_select(-2, index)
+    q = query.to(acc) * scale  # (*, R, E): scaled once, contiguous
+    kt = key.to(acc).contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
+    n_rows, batch = q.size(-2), q.shape[:-2]
+    heads = batch[-1] if average_heads else 1
+    block = max(1, _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT) // max(1, math.prod(batch) * S))
+    inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
 
-    blocks = []
+    def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, S) in acc
+        scores = torch.matmul(q[..., b0:b1, :], kt, out=out)  # (*, R_blk, S)
+        blocked = None  # True where a query may not attend
+        if mask is not None:
+            m = mask if mask.size(-2) == 1 else mask[..., b0:b1, :]
+            if m.dtype != torch.bool:
+                scores = scores.add_(m) if inplace else scores + m
+            blocked = ~m if m.dtype == torch.bool else m.isneginf()
+        if is_causal:
+            if index is None:  # query row b0+i sees keys 0..b0+i
+                future = torch.ones(b1 - b0, S, dtype=torch.bool, device=q.device).triu_(b0 + 1)
+            else:
+                future = torch.arange(S, device=q.device) > index[b0:b1, None]  # (R_blk, S)
+            blocked = future if blocked is None else blocked | future
+        if blocked is None:
+            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
+        if mask is None:  # causal alone: every row sees key 0, no row is empty
+            scores = scores.masked_fill_(blocked, -math.inf) if inplace else scores.masked_fill(blocked, -math.inf)
+            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
+        empty = blocked.all(dim=-1, keepdim=True)  # (..., R_blk, 1): rows that may attend to nothing
+        if inplace:
+            w = _softmax_(scores.masked_fill_(blocked, -math.inf).masked_fill_(empty, 0.0))
+            return w.masked_fill_(empty, 0.0)
+        w = torch.softmax(scores.masked_fill(blocked, -math.inf).masked_fill(empty, 0.0), dim=-1)
+        return w.masked_fill(empty, 0.0)  # zero weights, zero gradient
+
+    if n_rows <= block:  # one block: no loop, no buffers
+        w = weights(0, n_rows, None)
+        if average_heads:
+            w = w.sum(dim=-3).div_(heads) if inplace else w.sum(dim=-3) / heads  # (*, R, S) without heads
+        return w.to(query.dtype)
+    if grad:
+        blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
+        if average_heads:
+            blocks = [w.sum(dim=-3) for w in blocks]  # head sums; divided once, at the end
+        out = torch.cat(blocks, dim=-2)
+        return (out / heads if average_heads else out).to(query.dtype)
+    # Without autograd every block reuses one scores buffer and goes straight into one
+    # preallocated result: no per-block allocations, no cat.
+    res_batch = batch[:-1] if average_heads else batch
+    res = q.new_empty(*res_batch, n_rows, S, dtype=query.dtype)
+    buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
     for b0 in range(0, n_rows, block):
         b1 = min(n_rows, b0 + block)
-        pos = torch.arange(b0, b1, device=query.device) if index is None else index[b0:b1]
-        q = query[..., b0:b1, :] if index is None else query.index_select(-2, pos)
-        if buffer is None:
-            scores = torch.matmul(q * scale, kt)  # (*, R_blk, S)
-        else:
-            scores = buffer[: math.prod(q.shape[:-1]) * S].view(*q.shape[:-1], S)
-            torch.matmul(q * scale, kt, out=scores)  # (*, R_blk, S)
-        allowed = None  # only a mask can leave a row with nothing to attend to
-        if attn_mask is not None:
-            m = attn_mask.index_select(-2, pos) if attn_mask.size(-2) > 1 else attn_mask
-            allowed = m if m.dtype == torch.bool else ~m.isneginf()
-            if m.dtype != torch.bool:
-                scores.add_(m)
-        if is_causal:
-            future = torch.arange(S, device=query.device) > pos[:, None]  # (R_blk, S)
-            allowed = ~future if allowed is None else allowed & ~future
-        softmax = torch.softmax if buffer is None else _softmax_
-        if allowed is None:
-            w = softmax(scores, dim=-1)
-        else:
-            scores.masked_fill_(~allowed, float("-inf"))
-            empty = ~allowed.any(dim=-1, keepdim=True)  # (..., R_blk, 1), cheap for broadcast masks
-            w = softmax(scores.masked_fill_(empty, 0.0), dim=-1)
-            w = w.masked_fill(empty, 0.0) if grad else w.masked_fill_(empty, 0.0)
-        if average_heads:
-            w = w.sum(dim=-3)  # (*, R_blk, S); divided by the head count once, at the end
-        if out is None:
-            blocks.append(w)
-        else:
-            out[..., b0:b1, :] = w
-    if out is None:
-        out = torch.cat(blocks, dim=-2) if len(blocks) != 1 else blocks[0]
-        return out / heads if average_heads else out
-    return out.div_(heads) if average_heads else out
+        view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * S].view(*batch, b1 - b0, S)
+        w = weights(b0, b1, view)
+        res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
+    return res.div_(heads) if average_heads else res
 
 
 # --------------------------------------------------------------------------------------
 # Helpers.
 # --------------------------------------------------------------------------------------
-def _softmax_(x: Tensor, dim: int) -> Tensor:
-    """Softmax in place (inference only: autograd needs the input)."""
-    x.sub_(x.amax(dim=dim, keepdim=True)).exp_()
-    return x.div_(x.sum(dim=dim, keepdim=True))
+def _softmax_(x: Tensor) -> Tensor:
+    """Softmax over the last dim, written over its input (inference only: autograd needs it).
+
+    torch's own CPU softmax kernel reads each row before writing it, so it may write over
+    its input; that is one pass instead of the four of an amax/sub/exp/div chain.
+    """
+    return torch.ops.aten._softmax.out(x, -1, False, out=x)
 
 
 def _merge_causal(mask: Tensor, causal: bool, L: int, S: int, offset: int) -> Tensor:
