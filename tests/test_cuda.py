@@ -47,3 +47,21 @@ def test_generate_on_cuda_equals_uncached():
     a = model.generate(src, 20, bos_id=1, eos_id=2)
     b = model.generate(src, 20, bos_id=1, eos_id=2, use_cache=False)
     assert a.is_cuda and torch.equal(a, b)
+
+
+def test_cuda_generate_replays_a_graph_and_equals_uncached(monkeypatch):
+    """On CUDA the cached step is a captured graph (unless something observes the modules)."""
+    import attnzoo.transformer as T
+
+    built = []
+    real = T.GraphedStep
+    monkeypatch.setattr(T, "GraphedStep", lambda *a: built.append(real(*a)) or built[-1])
+    torch.manual_seed(0)
+    model = az.Seq2SeqTransformer(20, 12, d_model=32, nhead=4, max_len=40).cuda().eval()
+    src = torch.randint(4, 20, (3, 10), device="cuda")
+    src[1, 7:] = 0  # padding in the source
+    a = model.generate(src, 20, bos_id=1, eos_id=2)
+    assert len(built) == 1 and torch.equal(a, model.generate(src, 20, bos_id=1, eos_id=2, use_cache=False))
+    attn = model.decoder_layers[0].self_attn
+    attn.attend = attn.attend  # a recorder's patch: decoding must stay eager
+    assert torch.equal(model.generate(src, 20, bos_id=1, eos_id=2), a) and len(built) == 1

@@ -153,6 +153,57 @@ def test_cached_generation_equals_recomputation(seed, eos_bias):
     assert not torch.equal(cached, _model(seed + 100).generate(src, 20, BOS, EOS))  # the check can fail
 
 
+class _EagerStatic:
+    """Stands in for GraphedStep on the CPU: runs the same static-shape step, uncaptured."""
+
+    def __init__(self, step, batch_size, device):
+        self.step, self.calls = step, 0
+
+    def __call__(self, tokens, pos):
+        self.calls += 1
+        return self.step(tokens, torch.tensor([pos]))
+
+
+@pytest.mark.parametrize("dtype", [D, torch.float32])
+def test_static_shape_step_generates_the_uncached_tokens(monkeypatch, dtype):
+    """The step a CUDA graph captures (tensor position, whole cache, masked) gives the same tokens."""
+    import attnzoo.transformer as T
+
+    steps = []
+    monkeypatch.setattr(T, "graph_blocker", lambda model, device: None)
+    monkeypatch.setattr(T, "GraphedStep", lambda *a: steps.append(_EagerStatic(*a)) or steps[-1])
+    model = _model(7, dtype=dtype)
+    src = _padded_src(7)
+    with torch.no_grad():
+        model.lm_head.bias[EOS] += 0.5
+    static = model.generate(src, 20, BOS, EOS)
+    assert len(steps) == 1 and steps[0].calls == static.size(1)
+    assert torch.equal(static, model.generate(src, 20, BOS, EOS, use_cache=False))
+
+
+def test_graph_blocker_sees_recorders_hooks_and_function_modes():
+    from torch.overrides import TorchFunctionMode
+
+    from attnzoo._decode_graph import graph_blocker
+
+    model, cuda = _model(0), torch.device("cuda")
+    assert graph_blocker(model, torch.device("cpu")) is not None  # the CPU decodes eagerly
+    assert graph_blocker(model, cuda) is None
+    attn = model.decoder_layers[0].self_attn
+    attn.attend = attn.attend  # what a recorder does: an instance attribute
+    assert "decoder_layers.0.self_attn" in graph_blocker(model, cuda)
+    del attn.attend
+    handle = model.lm_head.register_forward_hook(lambda *a: None)
+    assert "lm_head" in graph_blocker(model, cuda)
+    handle.remove()
+    with TorchFunctionMode():
+        assert "TorchFunctionMode" in graph_blocker(model, cuda)
+    handle = nn.modules.module.register_module_forward_hook(lambda *a: None)
+    assert "global" in graph_blocker(model, cuda)
+    handle.remove()
+    assert graph_blocker(model, cuda) is None
+
+
 def test_cached_generation_float32_and_no_eos():
     model = _model(5, dtype=torch.float32)
     src = _padded_src(5)

@@ -101,13 +101,22 @@ def project_memory(attn: MultiHeadAttention, memory: Tensor, key_padding_mask: T
     return MemoryKV(k, v, mask)
 
 
-def attend_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache, pos: int) -> Tensor:
+def attend_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache, pos: int | Tensor) -> Tensor:
     """Causal self-attention of the new tokens ``x`` (B, T, E) at positions ``pos..pos+T-1``.
 
     Projects only ``x``, writes its keys/values into ``cache`` at ``pos`` and attends over the
     cached prefix ``[:pos+T]``. Returns ``attn``'s output (B, T, E). Unchecked (runs every step).
+
+    ``pos`` as a (1,) long tensor (one token, T = 1) is the static-shape form that a CUDA
+    graph can capture: the write goes to slot ``pos`` and attention runs over all
+    ``max_len`` slots with the unwritten ones masked, so no shape depends on ``pos``.
     """
     q, k, v = attn.project_qkv(x)  # (B, H, T, hs), (B, Hkv, T, hs) ×2
+    if isinstance(pos, Tensor):
+        cache.k_cache.index_copy_(2, pos, k)  # (B, Hkv, max_len, hs), slot pos written
+        cache.v_cache.index_copy_(2, pos, v)
+        written = torch.arange(cache.max_len, device=x.device) <= pos  # (max_len,) True = may attend
+        return attn.attend(q, cache.k_cache, cache.v_cache, mask=written)[0]
     k, v = cache.update(pos, k, v)  # (B, Hkv, pos+T, hs) ×2
     T = x.size(1)
     mask = None  # a single new token may see the whole prefix

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ._checks import check_dropout, check_positive_int, check_tensor
 from .attention import MultiHeadAttention
+from ._decode_graph import GraphedStep, graph_blocker
 from .kvcache import DecodeState, KVCache, MemoryKV, attend_cached, attend_memory, project_memory
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Seq2SeqTransformer"]
@@ -146,13 +147,14 @@ class TransformerDecoderLayer(_Layer):
         """Cross-attention keys/values of ``memory`` (B, S, E), projected once; see :func:`project_memory`."""
         return project_memory(self.multihead_attn, memory, memory_key_padding_mask)
 
-    def forward_step(self, x: Tensor, memory_kv: MemoryKV, cache: KVCache, pos: int) -> Tensor:
+    def forward_step(self, x: Tensor, memory_kv: MemoryKV, cache: KVCache, pos: int | Tensor) -> Tensor:
         """Decode the target tokens at positions ``pos .. pos+T-1``, all earlier ones cached.
 
         ``x`` (B, T, E) (usually T = 1; always batch-first) -> (B, T, E): rows ``pos..pos+T-1``
         of :meth:`forward` on the whole prefix (causal self-attention, no ``tgt_mask``). Only
         the new tokens are projected; their keys/values are written into ``cache`` at ``pos``
         and attention runs over the cached prefix. No validation: this runs every step.
+        ``pos`` may be a (1,) long tensor (T = 1): the static-shape step of ``attend_cached``.
         """
 
         def self_attn(h: Tensor) -> Tensor:  # (B, T, E), keys/values from the cache
@@ -229,10 +231,12 @@ class Seq2SeqTransformer(nn.Module):
                           device=memory.device, dtype=memory.dtype) for layer in self.decoder_layers]
         return DecodeState(memory_kv, caches)
 
-    def decode_step(self, tokens: Tensor, pos: int, state: DecodeState) -> Tensor:
+    def decode_step(self, tokens: Tensor, pos: int | Tensor, state: DecodeState) -> Tensor:
         """Target ``tokens`` (B, T) at positions ``pos..pos+T-1`` -> logits (B, T, tgt_vocab).
 
         Earlier positions must already be in ``state``; these are written to it. Unchecked.
+        ``pos`` as a (1,) long tensor (T = 1) gives the static-shape step that
+        :class:`~attnzoo._decode_graph.GraphedStep` captures on CUDA.
         """
         x = self._embed(self.tgt_emb, tokens, pos)  # (B, T, E)
         for layer, memory_kv, cache in zip(self.decoder_layers, state.memory_kv, state.caches):
@@ -271,12 +275,12 @@ class Seq2SeqTransformer(nn.Module):
         seq[:, 0] = bos_id
         done = torch.zeros(B, dtype=torch.bool, device=memory.device)
         if use_cache:
-            state = self.init_decode_state(memory, src_pad, max_new_tokens)
+            step = self._cached_step(self.init_decode_state(memory, src_pad, max_new_tokens), B, memory.device)
         else:
             src_pad = src_pad if src_pad.any() else None
         for t in range(max_new_tokens):
             if use_cache:  # feed only the newest token
-                logits = self.decode_step(seq[:, t : t + 1], t, state)[:, -1]  # (B, V)
+                logits = step(seq[:, t : t + 1], t)  # (B, V)
             else:  # re-run the decoder over the whole prefix, keep the last position
                 h = self._decode(seq[:, : t + 1], memory, src_pad, None)[:, -1]  # (B, E)
                 logits = self.lm_head(self.decoder_norm(h))  # (B, V)
@@ -289,8 +293,25 @@ class Seq2SeqTransformer(nn.Module):
                 break
         return seq[:, 1 : t + 2]
 
-    def _embed(self, emb: nn.Embedding, tokens: Tensor, start: int) -> Tensor:
-        pos = self.pos_enc[start : start + tokens.size(1)]  # (T, E)
+    def _cached_step(self, state: DecodeState, B: int, device: torch.device) -> Callable[[Tensor, int], Tensor]:
+        """``step(tokens (B, 1), t) -> logits (B, V)``: a captured CUDA graph where allowed
+        (see :func:`~attnzoo._decode_graph.graph_blocker`), else the eager cached step."""
+
+        def eager(tokens: Tensor, t: int) -> Tensor:
+            return self.decode_step(tokens, t, state)[:, -1]
+
+        if graph_blocker(self, device) is not None:
+            return eager
+        try:
+            return GraphedStep(lambda tokens, pos: self.decode_step(tokens, pos, state)[:, -1], B, device)
+        except Exception:  # capture unsupported here: decode eagerly (slot 0 is rewritten by step 0)
+            return eager
+
+    def _embed(self, emb: nn.Embedding, tokens: Tensor, start: int | Tensor) -> Tensor:
+        if isinstance(start, Tensor):  # (1,) position tensor: the static-shape step
+            pos = self.pos_enc.index_select(0, start)  # (1, E)
+        else:
+            pos = self.pos_enc[start : start + tokens.size(1)]  # (T, E)
         return self.emb_dropout(emb(tokens) * self.emb_scale + pos)  # (B, T, E)
 
     def _decode(self, tgt: Tensor, memory: Tensor, memory_pad: Tensor | None, tgt_pad: Tensor | None) -> Tensor:
