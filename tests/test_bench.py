@@ -19,6 +19,8 @@ TINY = {
     "functional": [(1, 2, 16, 8)],
     "mha_dims": (16, 2),
     "mha": [(1, 16)],
+    "weights": [(1, 16, 16, 2)],
+    "masked": {"B": 2, "N": [32], "E": 16, "H": 2},
     "memory": {"B": 1, "N": 64, "E": 16, "H": 2, "rows": 4},
     "long": {"B": 1, "N": 64, "E": 16, "H": 2},
     "decode": {"tokens": [4], "vocab": 16, "src_len": 4, "max_len": 16},
@@ -62,7 +64,8 @@ def _check_report(report: dict, groups: list[str]) -> None:
 
 
 def test_quick_in_process_groups(tiny, tmp_path, capsys):
-    groups = ["functional", "mha_train", "mha_eval", "mha_weights", "decode", "compile", "gating", "throughput"]
+    groups = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "decode", "compile", "gating",
+              "throughput"]
     report = _run(tmp_path, ",".join(groups))
     _check_report(report, groups)
     table = capsys.readouterr().out
@@ -91,6 +94,27 @@ def test_quick_memory_and_long_groups(tiny, tmp_path, monkeypatch):
         ("mha_weights", "attnzoo", None, None), ("mha_weights", "torch", None, None),
         ("mha_weights", "attnzoo", 4, None), ("mha_long", None, None, "none"),
         ("mha_long", None, None, "causal"), ("mha_long", None, None, "padding")]
+
+
+def test_dtype_option_runs_every_tensor_in_that_dtype(tiny, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--json", str(out), "--only", "mha_weights,throughput", "--repeats", "1",
+                 "--warmup", "0", "--dtype", "bfloat16"]) == 0
+    report = json.loads(out.read_text())
+    assert report["options"]["dtype"] == "bfloat16" and "--dtype bfloat16 --json" in report["equivalent_command"]
+    assert torch.get_default_dtype() == torch.float32  # restored after the run
+    rows = {r["group"]: r for r in report["rows"]}
+    assert rows["mha_weights"]["error"] is None and rows["mha_weights"]["extra"]["max_abs_diff"] < 0.1
+    assert "bfloat16" in rows["throughput"]["reference_name"]
+    assert "dtype bfloat16" in capsys.readouterr().out
+
+
+def test_cuda_sizes_cover_every_group_and_issue_10_shapes():
+    cuda, full = SIZES["cuda"], SIZES["full"]
+    assert set(cuda) == set(full) == set(SIZES["quick"])
+    assert (1, 8192, 1024, 16) in cuda["weights"] and (2, 64, 64, 4) in full["weights"]
+    assert cuda["masked"]["N"] == [16384, 65536] and full["masked"]["N"] == [8192]
+    assert (cuda["decode"]["B"], cuda["decode"]["d_model"], cuda["decode"]["layers"]) == (8, 512, 6)
 
 
 def test_memory_is_measured_in_a_fresh_process():

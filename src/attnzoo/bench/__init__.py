@@ -29,6 +29,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "functional": [(8, 8, 512, 64), (2, 8, 2048, 64)],  # (B, H, N, head size)
         "mha_dims": (512, 8),  # (E, H)
         "mha": [(8, 512), (2, 2048)],  # (B, N)
+        "weights": [(2, 64, 64, 4), (8, 512, 512, 8), (2, 2048, 512, 8)],  # (B, N, E, H)
+        "masked": {"B": 1, "N": [8192], "E": 512, "H": 8},
         "memory": {"B": 1, "N": 4096, "E": 512, "H": 8, "rows": 32},
         "long": {"B": 1, "N": 32768, "E": 512, "H": 8},
         "decode": {"tokens": [64, 512], "vocab": 64, "src_len": 32, "max_len": 520},
@@ -42,6 +44,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "functional": [(2, 4, 128, 32), (1, 4, 256, 32)],
         "mha_dims": (64, 4),
         "mha": [(2, 64), (1, 256)],
+        "weights": [(2, 64, 64, 4), (1, 256, 64, 4)],
+        "masked": {"B": 1, "N": [512], "E": 64, "H": 4},
         "memory": {"B": 1, "N": 1024, "E": 64, "H": 4, "rows": 32},
         "long": {"B": 1, "N": 4096, "E": 64, "H": 4},
         "decode": {"tokens": [8, 32], "vocab": 64, "src_len": 8, "max_len": 520},
@@ -52,18 +56,31 @@ SIZES: dict[str, dict[str, Any]] = {
     },
 }
 
+#: On CUDA (bfloat16 by default) the full sizes grow to the shapes of issue 10's table.
+SIZES["cuda"] = {
+    **SIZES["full"],
+    "weights": [*SIZES["full"]["weights"], (1, 8192, 1024, 16)],
+    "masked": {"B": 1, "N": [16384, 65536], "E": 512, "H": 8},
+    "decode": {"tokens": [256], "vocab": 64, "src_len": 32, "max_len": 264, "B": 8, "d_model": 512, "nhead": 8,
+               "layers": 6},
+    "throughput": {"N": [4096, 16384], "B": 4, "H": 16, "hs": 64, "mm": 8192},
+}
+
 SCHEMA = "attnzoo-bench/1"
+#: Default dtype per device type: what people train in there.
+DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 #: The modules that register the groups, and their groups in run order. Listed here so
 #: that building the parser imports nothing heavy, and one module failing to import only
 #: turns its own groups into error rows.
 _MODULES = {
-    "cases_attention": ["functional", "mha_train", "mha_eval", "mha_weights", "memory", "long", "throughput"],
+    "cases_attention": ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long",
+                        "throughput"],
     "cases_models": ["decode", "compile", "gating"],
 }
-_ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "memory", "long", "decode", "compile", "gating",
-          "throughput"]
+_ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
+          "gating", "throughput"]
 
 
 def group_names() -> list[str]:
@@ -100,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", metavar="DEVICE",
                         help="cpu (default) or cuda[:i]: timing rows run there with synchronisation; "
                              "memory rows report CUDA peak allocation instead of RSS")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], metavar="DTYPE",
+                        help="float32, bfloat16 or float16 for every tensor and module "
+                             "(default: bfloat16 on cuda, float32 on cpu)")
     parser.set_defaults(run=main_from_args)
 
 
@@ -143,7 +163,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--json: {args.json} is a directory; give a file name")
     return {"quick": bool(args.quick), "repeats": count("repeats", 3 if args.quick else 10, 1),
             "warmup": count("warmup", 1 if args.quick else 2, 0), "groups": groups, "device": str(device),
-            "json": args.json}
+            "dtype": getattr(args, "dtype", None) or DEFAULT_DTYPE[device.type], "json": args.json}
 
 
 #: Environment variables that change what the numbers mean, recorded when set.
@@ -180,13 +200,36 @@ def run_benchmarks(options: dict[str, Any], *, progress: Any = sys.stderr) -> di
     import torch
 
     from .. import __version__
-    from ._core import Context, Row
+    from ._core import Context
 
     torch.set_num_threads(torch.get_num_threads())  # the machine's default, pinned and recorded
     registry, missing = _registry()
+    device = torch.device(options["device"])
+    mode = "quick" if options["quick"] else "cuda" if device.type == "cuda" else "full"
     ctx = Context(quick=options["quick"], repeats=options["repeats"], warmup=options["warmup"],
-                  device=torch.device(options["device"]), sizes=SIZES["quick" if options["quick"] else "full"],
-                  min_sample_s=0.005 if options["quick"] else 0.05)
+                  device=device, sizes=SIZES[mode], min_sample_s=0.005 if options["quick"] else 0.05)
+    default_dtype = torch.get_default_dtype()
+    # Every tensor and module the groups create takes this dtype (also in the memory subprocesses).
+    torch.set_default_dtype(getattr(torch, options.get("dtype") or DEFAULT_DTYPE[device.type]))
+    try:
+        rows, group_s, start = _run_groups(options, registry, missing, ctx, progress)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return {
+        "schema": SCHEMA, "attnzoo": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)), "equivalent_command": _equivalent(options),
+        "options": options,
+        "machine": machine_info(options["device"]), "elapsed_s": time.perf_counter() - start,
+        "group_elapsed_s": group_s,
+        "rows": [r.to_json() for r in rows],
+    }
+
+
+def _run_groups(options: dict[str, Any], registry: dict[str, Any], missing: dict[str, str], ctx: Any,
+                progress: Any) -> tuple[list[Any], dict[str, float], float]:
+    from ._core import Row
+
     rows: list[Row] = []
     group_s: dict[str, float] = {}
     start = time.perf_counter()
@@ -208,21 +251,15 @@ def run_benchmarks(options: dict[str, Any], *, progress: Any = sys.stderr) -> di
         except Exception as exc:  # the group itself failed to set up
             rows.append(Row(name, "(group)", "", error=_one_line(exc)))
         group_s[name] = time.perf_counter() - group_start
-    return {
-        "schema": SCHEMA, "attnzoo": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)), "equivalent_command": _equivalent(options),
-        "options": options,
-        "machine": machine_info(options["device"]), "elapsed_s": time.perf_counter() - start,
-        "group_elapsed_s": group_s,
-        "rows": [r.to_json() for r in rows],
-    }
+    return rows, group_s, start
 
 
 def _equivalent(options: dict[str, Any]) -> str:
     """``attnzoo bench ...`` with every option spelled out: reruns exactly this configuration."""
     argv = ["attnzoo", "bench", *(["--quick"] if options["quick"] else []), "--only", ",".join(options["groups"]),
             "--repeats", str(options["repeats"]), "--warmup", str(options["warmup"]), "--device", options["device"]]
+    if options.get("dtype"):
+        argv += ["--dtype", options["dtype"]]
     return shlex.join(argv + (["--json", options["json"]] if options.get("json") else []))
 
 
@@ -240,8 +277,9 @@ def main_from_args(args: argparse.Namespace) -> int:
     fields = Row.__dataclass_fields__
     print(format_table([Row(**{k: v for k, v in r.items() if k in fields}) for r in report["rows"]]))
     m = report["machine"]
-    print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, device {m['device']}; "
-          f"medians of {options['repeats']} samples; ratio > 1: attnzoo better")
+    gpu = f" ({m['gpu']})" if "gpu" in m else ""
+    print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, device {m['device']}{gpu}, "
+          f"dtype {options['dtype']}; medians of {options['repeats']} samples; ratio > 1: attnzoo better")
     if options["json"]:
         atomic_write_json(options["json"], report)
         print(f"wrote {options['json']}")

@@ -31,6 +31,9 @@ _CHILD = "import sys; from attnzoo.bench._memory import child_main; child_main(s
 
 def measure_in_subprocess(spec: dict[str, Any], timeout_s: float = 3600.0) -> dict[str, Any]:
     """Run ``spec`` in a fresh interpreter; return its result dict or raise RuntimeError."""
+    import torch
+
+    spec = {"dtype": str(torch.get_default_dtype()).removeprefix("torch."), **spec}  # the run's dtype
     src = str(Path(__file__).resolve().parents[2])  # the directory holding the attnzoo package
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
@@ -176,6 +179,8 @@ def child_main(spec_json: str) -> None:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec.get("device", "cpu"))
+    if spec.get("dtype"):
+        torch.set_default_dtype(getattr(torch, spec["dtype"]))
     warm, call = _OPS[spec["op"]](spec, device)
     warm()  # minimal warm-up: load kernels and start threads on a tiny input
     gc.collect()

@@ -87,7 +87,43 @@ def mha_eval_group(ctx: Context) -> Iterator[Job]:
 
 @group("mha_weights", "MultiHeadAttention eval with need_weights=True (head-averaged) vs torch")
 def mha_weights_group(ctx: Context) -> Iterator[Job]:
-    yield from _mha_jobs(ctx, "mha_weights", "self-attn eval + avg weights", _eval(True))
+    op, fn = "self-attn eval + avg weights", _eval(True)
+    for B, N, E, H in ctx.sizes["weights"]:
+        shape = _fmt(B=B, N=N, E=E, H=H)
+        yield Job(op, shape, lambda B=B, N=N, E=E, H=H, shape=shape: Row(
+            "mha_weights", op, shape, reference_name=TORCH_MHA, **fn(ctx, B, N, E, H)))
+
+
+# --------------------------------------------------------------------------------- masked
+@group("masked", "MultiHeadAttention fwd+bwd, causal + key padding vs causal alone (same module, same input)")
+def masked_group(ctx: Context) -> Iterator[Job]:
+    s = ctx.sizes["masked"]
+    for N in s["N"]:
+        shape = _fmt(B=s["B"], N=N, E=s["E"], H=s["H"])
+        yield Job("causal + key padding fwd+bwd", shape, lambda N=N, shape=shape: _masked(ctx, s, N, shape))
+
+
+def _masked(ctx: Context, s: dict[str, Any], N: int, shape: str) -> Row:
+    B, E, H = s["B"], s["E"], s["H"]
+    torch.manual_seed(0)
+    m = MultiHeadAttention(E, H, device=ctx.device)
+    x = torch.randn(B, N, E, device=ctx.device, requires_grad=True)
+    g = torch.randn(B, N, E, device=ctx.device)
+    kpm = torch.zeros(B, N, dtype=torch.bool, device=ctx.device)
+    kpm[:, N - N // 8:] = True  # the last eighth of every sequence is padding
+
+    def step(**kw: Any) -> Any:
+        def call() -> None:
+            m.zero_grad(set_to_none=True)
+            x.grad = None
+            m(x, is_causal=True, **kw)[0].backward(g)
+        return call
+
+    slow = N * N > 1 << 26  # one call per sample is enough above that
+    a, r = ctx.compare(step(key_padding_mask=kpm), step(), **({"warmup": 1, "min_sample_s": 0.0} if slow else {}))
+    return Row("masked", "causal + key padding fwd+bwd", shape, attnzoo=a, reference=r,
+               reference_name="the same module, causal alone (no mask)",
+               note="ratio = causal-alone time / causal + key padding time (goal: >= 1/1.5 on a CPU, 1/1.3 on a GPU)")
 
 
 def _eval(need_weights: bool) -> Any:
@@ -184,7 +220,7 @@ def _long(ctx: Context, mask: str, label: str, shape: str, B: int, N: int, E: in
 
 
 # ----------------------------------------------------------------------------- throughput
-@group("throughput", "attnzoo SDPA forward GFLOP/s next to this machine's float32 matmul GFLOP/s")
+@group("throughput", "attnzoo SDPA forward GFLOP/s next to this machine's matmul GFLOP/s in the same dtype")
 def throughput_group(ctx: Context) -> Iterator[Job]:
     s = ctx.sizes["throughput"]
     for N in s["N"]:
@@ -206,6 +242,7 @@ def _throughput(ctx: Context, s: dict[str, Any], N: int, shape: str) -> Row:
 
     ta, tm = ctx.compare(attn, mm)
     attn_flops, mm_flops = 4 * B * H * N * N * hs, 2 * M**3
+    dtype = str(a.dtype).removeprefix("torch.")
     return Row("throughput", "sdpa fwd GFLOP/s", shape, unit="GFLOP/s", attnzoo=attn_flops / ta / 1e9,
-               reference=mm_flops / tm / 1e9, reference_name=f"torch.mm float32 {M}x{M}x{M}",
+               reference=mm_flops / tm / 1e9, reference_name=f"torch.mm {dtype} {M}x{M}x{M} (the matmul ceiling)",
                extra={"attnzoo_s": ta, "mm_s": tm, "attn_flops": attn_flops, "mm_flops": mm_flops})

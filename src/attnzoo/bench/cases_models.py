@@ -34,16 +34,17 @@ def decode_group(ctx: Context) -> Iterator[Job]:
     def model() -> tuple[Seq2SeqTransformer, Tensor]:
         if not state:
             torch.manual_seed(0)
-            m = Seq2SeqTransformer(s["vocab"], s["vocab"], d_model=128, nhead=4, num_encoder_layers=2,
-                                   num_decoder_layers=2, dim_feedforward=512, max_len=s["max_len"]).to(ctx.device)
+            m = Seq2SeqTransformer(s["vocab"], s["vocab"], d_model=d, nhead=heads, num_encoder_layers=layers,
+                                   num_decoder_layers=layers, dim_feedforward=4 * d, max_len=s["max_len"]).to(ctx.device)
             with torch.no_grad():  # eos can never win the argmax: every generate runs its full length
                 m.lm_head.bias[s["vocab"] - 1] = -1e9
-            src = torch.randint(2, s["vocab"] - 1, (1, s["src_len"]), device=ctx.device)
+            src = torch.randint(2, s["vocab"] - 1, (B, s["src_len"]), device=ctx.device)
             state.update(m=m, src=src)
         return state["m"], state["src"]
 
+    B, d, heads, layers = s.get("B", 1), s.get("d_model", 128), s.get("nhead", 4), s.get("layers", 2)
     for n in s["tokens"]:
-        shape = _fmt(B=1, d_model=128, layers="2+2", new_tokens=n)
+        shape = _fmt(B=B, d_model=d, layers=f"{layers}+{layers}", new_tokens=n)
         yield Job("generate s/token", shape, lambda n=n, shape=shape: _decode(ctx, model, n, shape))
 
 
