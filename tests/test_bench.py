@@ -259,3 +259,23 @@ def test_table_aligns_columns_and_lists_notes():
     assert "peak [1]" in lines[3] and lines[3].endswith("10.00x")
     assert lines[4].split()[:2] == ["compile", "CBAM"] and lines[4].endswith("error: torch.compile failed: no compiler")
     assert lines[-1] == "[1] fresh process"
+
+
+def test_gpu_check_script_runs_every_row_on_tiny_cpu_shapes(tmp_path, capsys):
+    """benchmarks/gpu_check.py (meant for an H100) runs its whole table on the CPU with --tiny."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--no-tests", "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"].split(",")[0] for r in rows] == ["MHA eval"] * 3 + ["MHA fwd+bwd"] * 2 + ["Seq2SeqTransformer.generate"]
+    assert all(r["ratio"] > 0 and r["attnzoo_s"] > 0 for r in rows)
+    assert rows[0]["max_abs_diff"] < 1e-4 and rows[-1]["same_tokens"] is True
+    assert capsys.readouterr().out.count("\n| ") == 6
+    if not torch.cuda.is_available():
+        assert gpu_check.main([]) == 2  # the default device is cuda: a clear refusal without one

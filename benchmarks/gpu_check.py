@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Every row of issue 10's GPU table, with ratios, then the CUDA tests: one script, < 4 min on an H100.
+
+    python benchmarks/gpu_check.py                       # cuda: the table, then pytest tests/test_cuda.py
+    python benchmarks/gpu_check.py --json gpu.json       # also write the rows (atomically)
+    python benchmarks/gpu_check.py --device cpu --tiny   # smoke run of the same code on tiny shapes
+
+Each row times attnzoo and its reference alternately (A B A B ...) with CUDA
+synchronisation and reports medians; ratio = reference time / attnzoo time (above 1,
+attnzoo is faster), except the masked rows, whose reference is the same module on causal
+attention alone (the goal there: ratio >= 1/1.3). Dtypes as in the issue: the first two
+weights rows in float32, everything else in bfloat16 (float32 with ``--device cpu``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from attnzoo import MultiHeadAttention, Seq2SeqTransformer  # noqa: E402
+from attnzoo.bench._core import compare  # noqa: E402
+
+Row = dict[str, Any]
+
+
+def _shrink(n: int, tiny: bool, to: int) -> int:
+    return max(to, n // 64) if tiny else n
+
+
+class Check:
+    """Shapes, device, dtype and timing settings shared by the rows."""
+
+    def __init__(self, device: torch.device, tiny: bool, repeats: int) -> None:
+        self.device, self.tiny, self.repeats = device, tiny, repeats
+        self.half = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def compare(self, a: Callable[[], Any], b: Callable[[], Any], slow: bool = False) -> tuple[float, float]:
+        return compare(a, b, repeats=self.repeats, warmup=1 if slow else 2, sync=self.sync,
+                       min_sample_s=0.0 if slow else 0.02)
+
+    def peak_mb(self, fn: Callable[[], Any]) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        self.sync()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        fn()
+        self.sync()
+        return (torch.cuda.max_memory_allocated(self.device) - before) / 2**20
+
+
+def weights_row(c: Check, B: int, N: int, E: int, H: int, dtype: torch.dtype) -> Row:
+    N = _shrink(N, c.tiny, 32)
+    E, H = (min(E, 32), min(H, 4)) if c.tiny else (E, H)
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(E, H, batch_first=True, device=c.device, dtype=dtype).eval()
+    ours = MultiHeadAttention.from_torch(ref).eval()
+    x = torch.randn(B, N, E, device=c.device, dtype=dtype)
+
+    def call(m: nn.Module) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode():
+                return m(x, x, x, need_weights=True)
+        return run
+
+    w1, w2 = call(ours)()[1], call(ref)()[1]
+    a, r = c.compare(call(ours), call(ref))
+    row = {"path": "MHA eval, need_weights=True (averaged)", "shape": f"B{B} N{N} E{E} H{H}",
+           "dtype": str(dtype).removeprefix("torch."), "attnzoo_s": a, "reference_s": r, "ratio": r / a,
+           "reference": "torch.nn.MultiheadAttention", "max_abs_diff": (w1.float() - w2.float()).abs().max().item()}
+    if N >= _shrink(4096, c.tiny, 32):
+        mem_a, mem_r = c.peak_mb(call(ours)), c.peak_mb(call(ref))
+        row.update(attnzoo_mb=mem_a, reference_mb=mem_r, memory_ratio=None if not mem_a else mem_r / mem_a)
+    return row
+
+
+def masked_row(c: Check, N: int) -> Row:
+    N = _shrink(N, c.tiny, 64)
+    B, E, H = 1, 512 if not c.tiny else 32, 8 if not c.tiny else 2
+    torch.manual_seed(0)
+    m = MultiHeadAttention(E, H, device=c.device, dtype=c.half)
+    x = torch.randn(B, N, E, device=c.device, dtype=c.half, requires_grad=True)
+    g = torch.randn(B, N, E, device=c.device, dtype=c.half)
+    kpm = torch.zeros(B, N, dtype=torch.bool, device=c.device)
+    kpm[:, N - N // 8:] = True
+
+    def step(**kw: Any) -> Callable[[], None]:
+        def run() -> None:
+            m.zero_grad(set_to_none=True)
+            x.grad = None
+            m(x, is_causal=True, **kw)[0].backward(g)
+        return run
+
+    a, r = c.compare(step(key_padding_mask=kpm), step(), slow=N >= 16384)
+    return {"path": "MHA fwd+bwd, causal + key padding (last 1/8)", "shape": f"B{B} N{N} E{E} H{H}",
+            "dtype": str(c.half).removeprefix("torch."), "attnzoo_s": a, "reference_s": r, "ratio": r / a,
+            "reference": "the same module, causal alone", "goal": "ratio >= 1/1.3 = 0.77"}
+
+
+def decode_row(c: Check) -> Row:
+    B, n, d, layers = (8, 256, 512, 6) if not c.tiny else (2, 8, 32, 1)
+    torch.manual_seed(0)
+    m = Seq2SeqTransformer(64, 64, d_model=d, nhead=8 if not c.tiny else 2, num_encoder_layers=layers,
+                           num_decoder_layers=layers, dim_feedforward=4 * d, max_len=max(n + 8, 40)).to(c.device, c.half)
+    with torch.no_grad():
+        m.lm_head.bias[63] = -1e4  # eos never wins: every call generates n tokens
+    src = torch.randint(2, 63, (B, 32), device=c.device)
+
+    def gen(cache: bool) -> Callable[[], Any]:
+        return lambda: m.generate(src, n, 1, 63, use_cache=cache)
+
+    same = torch.equal(gen(True)(), gen(False)())
+    a, r = c.compare(gen(True), gen(False), slow=True)
+    return {"path": f"Seq2SeqTransformer.generate, {layers}+{layers} layers, d{d}", "shape": f"B{B} {n} tokens",
+            "dtype": str(c.half).removeprefix("torch."), "attnzoo_s": a / n, "reference_s": r / n, "ratio": r / a,
+            "reference": "use_cache=False (recompute)", "same_tokens": same, "goal": ">= 5x and <= 1.0 ms/token"}
+
+
+def rows(c: Check) -> list[Callable[[], Row]]:
+    return [
+        lambda: weights_row(c, 8, 512, 512, 8, torch.float32),
+        lambda: weights_row(c, 2, 2048, 512, 8, torch.float32),
+        lambda: weights_row(c, 1, 8192, 1024, 16, c.half),
+        lambda: masked_row(c, 16384),
+        lambda: masked_row(c, 65536),
+        lambda: decode_row(c),
+    ]
+
+
+def _fmt_s(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e3:.3g} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes: checks that the script runs, measures nothing")
+    p.add_argument("--repeats", type=int, default=None, help="samples per side (default 7, 2 with --tiny)")
+    p.add_argument("--no-tests", action="store_true", help="skip pytest tests/test_cuda.py")
+    p.add_argument("--json", metavar="FILE", help="also write the rows and the device to FILE")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: error: no CUDA device (use --device cpu --tiny for a smoke run)", file=sys.stderr)
+        return 2
+    c = Check(device, args.tiny, args.repeats or (2 if args.tiny else 7))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}; ratio = reference time / attnzoo time (> 1: attnzoo faster)")
+    out, start = [], time.perf_counter()
+    for make in rows(c):
+        t0 = time.perf_counter()
+        try:
+            row = make()
+        except Exception as exc:  # one failing row does not stop the others
+            row = {"path": "error", "error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
+        row["wall_s"] = time.perf_counter() - t0
+        out.append(row)
+        if "error" in row:
+            print(f"  error: {row['error']}", flush=True)
+            continue
+        mem = "" if row.get("attnzoo_mb") is None else (
+            f"  memory {row['attnzoo_mb']:.0f} vs {row['reference_mb']:.0f} MiB ({row['memory_ratio']:.1f}x less)")
+        extra = "" if "same_tokens" not in row else f"  same tokens: {row['same_tokens']}"
+        print(f"| {row['path']} | {row['shape']} | {row['dtype']} | {_fmt_s(row['attnzoo_s'])} | "
+              f"{_fmt_s(row['reference_s'])} ({row['reference']}) | {row['ratio']:.2f} |{mem}{extra}", flush=True)
+    print(f"table: {time.perf_counter() - start:.0f} s")
+    if args.json:
+        from attnzoo._io import atomic_write_json
+
+        atomic_write_json(args.json, {"device": name, "torch": torch.__version__, "tiny": args.tiny, "rows": out})
+    rc = 1 if any("error" in r for r in out) else 0
+    if not args.no_tests:
+        rc = max(rc, subprocess.call([sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_cuda.py")],
+                                     cwd=ROOT))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
