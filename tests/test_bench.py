@@ -279,3 +279,43 @@ def test_gpu_check_script_runs_every_row_on_tiny_cpu_shapes(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n| ") == 6
     if not torch.cuda.is_available():
         assert gpu_check.main([]) == 2  # the default device is cuda: a clear refusal without one
+
+
+def test_docs_tables_are_rendered_from_committed_results():
+    """Every figure table in docs/performance.md inside a bench block is its results file, rendered."""
+    from pathlib import Path
+
+    from attnzoo.bench._docs import BLOCK, render_blocks
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "performance.md").read_text()
+    assert BLOCK.search(text), "docs/performance.md has no <!-- bench: FILE --> block"
+    assert render_blocks(text, root) == text, "stale table: run python -m attnzoo.bench._docs docs/performance.md"
+
+
+def test_markdown_table_renders_rows_errors_and_group_filter():
+    from attnzoo.bench._docs import markdown_table, render_blocks
+
+    report = {"rows": [Row("masked", "m", "N=8", attnzoo=0.002, reference=0.004).to_json(),
+                       Row("decode", "d", "", error="boom").to_json()],
+              "machine": {"cpu": "X", "threads": 1, "torch": "2", "device": "cpu"},
+              "options": {"dtype": "float32", "repeats": 3}, "equivalent_command": "attnzoo bench"}
+    lines = markdown_table(report).splitlines()
+    assert lines[2] == "| masked | m | N=8 | 2 ms | 4 ms | 2.00x |"
+    assert lines[3] == "| decode | d |  | error: boom |  |  |"
+    assert len(markdown_table(report, ["decode"]).splitlines()) == len(lines) - 1
+    assert lines[-1].startswith("X, 1 thread(s), torch 2, device cpu, dtype float32; medians of 3")
+
+
+def test_docs_block_render_replaces_only_the_block(tmp_path):
+    from attnzoo.bench._docs import render_blocks
+
+    report = {"rows": [Row("masked", "m", "N=8", attnzoo=1.0, reference=3.0).to_json()],
+              "machine": {"cpu": "X", "threads": 1, "torch": "2", "device": "cpu"},
+              "options": {"repeats": 3}, "equivalent_command": "attnzoo bench"}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    text = "before\n<!-- bench: r.json -->\nold table\n<!-- /bench -->\nafter\n"
+    new = render_blocks(text, tmp_path)
+    assert new.startswith("before\n<!-- bench: r.json -->\n| group |") and new.endswith("<!-- /bench -->\nafter\n")
+    assert "| masked | m | N=8 | 1 s | 3 s | 3.00x |" in new and "old table" not in new
+    assert render_blocks(new, tmp_path) == new

@@ -32,10 +32,10 @@ from ._checks import check_dropout, check_mask_dtype, check_tensor
 __all__ = ["attention_reference", "attention_weights", "scaled_dot_product_attention"]
 
 # Blocks of the weights pass hold at most this many float32 scores, by device type: a CPU
-# block stays near its caches (8 MiB); a GPU block is large enough that a typical call is one
-# or a few launches (512 MiB), while the (B, L, S) averaged result still never needs the
-# per-head weights all at once. Other devices get the middle value.
-_BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 27}
+# block stays near its caches (8 MiB); a GPU block (128 MiB) makes a typical call one or a
+# few launches, while its scores and softmax (2 × 128 MiB) stay well under a third of the
+# per-head weights torch materialises at N >= 4096. Other devices get the middle value.
+_BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
 _BLOCK_DEFAULT = 1 << 24
 # Above this many mask elements a causal+mask combination is built per query block.
 _MASK_ELEMENTS = 1 << 24
