@@ -5,6 +5,7 @@
 >>> se = az.create_attention("se", 64)
 """
 
+from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
 from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_json, atomic_write_text
-from ..cli import UsageError
+from .._errors import UsageError
 from . import dates, vision
 from .common import FULL, NUM_THREADS, QUICK
 from .output import Staging
@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                         help=f"folder for the report: DIR/index.html, its PNG figures and DIR/results.json "
                              f"(default: {DEFAULT_OUT}/). It is replaced as a whole at the end, and only if it "
-                             "is empty or an earlier report")
+                             "is new, empty or an earlier report (every file listed, unchanged, in its "
+                             "attnzoo-manifest.json); anything else is refused before training. A symlink "
+                             "is followed")
     parser.add_argument("--quick", action="store_true",
                         help="small budget: under a minute on 2 CPU cores instead of about 3 minutes; "
                              "the same files and keys, much less accurate numbers; for tests and a first look")
