@@ -253,7 +253,8 @@ class Staging:
         except OSError as exc:
             _say(f"the earlier report set aside in {aside} could not be removed ({exc.strerror})")
             return
-        self._give_back(aside, left)
+        if left:
+            self._give_back(aside, left)
 
     def _give_back(self, aside: Path, left: list[str]) -> None:
         """Files that appeared in ``out`` between the last check and the swap went with
