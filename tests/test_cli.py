@@ -364,7 +364,6 @@ def test_a_file_that_appears_during_the_run_is_never_deleted(earlier, capsys, fa
     if earlier:
         assert demo(out, capsys)[0] == 0
     fake_tour.append(lambda: (out.mkdir(exist_ok=True), (out / "notes.txt").write_text("written meanwhile")))
-    before = None
     code, stdout, err = demo(out, capsys, seed=3)
     kept = tmp_path / "report.attnzoo-new"
     assert code == 1 and stdout == "" and "Traceback" not in err
@@ -376,7 +375,6 @@ def test_a_file_that_appears_during_the_run_is_never_deleted(earlier, capsys, fa
     assert (kept / "vision_fig.png").read_bytes().endswith(b"seed 3")
     assert manifest.foreign_entry(kept) is None  # a complete report: usable as --out later
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "report.attnzoo-new"]
-    del before
 
 
 def test_a_file_that_appears_during_the_swap_is_given_back(capsys, fake_tour, monkeypatch, tmp_path):
