@@ -139,3 +139,24 @@ def test_sigterm_cleans_up_and_a_sigkilled_run_is_cleaned_up_next_time(tmp_path)
     assert not staged["kill"].exists()
     nxt.discard()
     assert list((tmp_path / "kill").iterdir()) == []
+
+
+@posix_only
+def test_a_signal_during_a_deferred_block_is_raised_after_it():
+    from attnzoo._errors import Interrupted, interrupts_deferred, signals_as_interrupts
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    done = []
+    with pytest.raises(KeyboardInterrupt) as info:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # a handler runs between bytecodes: it would have raised here
+            done.append("block finished")
+    assert done and not isinstance(info.value, Interrupted)
+    with pytest.raises(Interrupted) as info:
+        with signals_as_interrupts(), interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            done.append("again")
+    assert info.value.signum == signal.SIGTERM and done == ["block finished", "again"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -49,21 +49,29 @@ def _terminating_signals() -> list[int]:
 
 
 @contextlib.contextmanager
-def signals_as_interrupts() -> Iterator[None]:
-    """Inside the block, SIGTERM/SIGHUP raise ``Interrupted`` (only where they still have
-    their default action, so ``nohup`` keeps working); the previous handlers come back after."""
+def _handlers(signals: list[int], handler: object, replace: object) -> Iterator[None]:
+    """Inside the block, ``handler`` handles each of ``signals`` whose current handler
+    passes ``replace``; the previous handlers come back afterwards (main thread only)."""
     saved: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
-        def handler(signum: int, frame: object) -> None:
-            raise Interrupted(signum)
-        for sig in _terminating_signals():
-            if signal.getsignal(sig) == signal.SIG_DFL:
-                saved[sig] = signal.signal(sig, handler)
+        for sig in signals:
+            if replace(signal.getsignal(sig)):  # type: ignore[operator]
+                saved[sig] = signal.signal(sig, handler)  # type: ignore[arg-type]
     try:
         yield
     finally:
         for sig, previous in saved.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def signals_as_interrupts() -> contextlib.AbstractContextManager[None]:
+    """Inside the block, SIGTERM/SIGHUP raise ``Interrupted`` (only where they still have
+    their default action, so ``nohup`` keeps working); the previous handlers come back after."""
+    return _handlers(_terminating_signals(), _raise_interrupted, lambda h: h == signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -73,21 +81,9 @@ def interrupts_deferred() -> Iterator[None]:
     Only signals whose handler is a Python function (Ctrl-C's default, or the handler of
     ``signals_as_interrupts``) are held; a no-op outside the main thread.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     pending: list[int] = []
-
-    def note(signum: int, frame: object) -> None:
-        pending.append(signum)
-    saved: dict[int, object] = {}
-    for sig in [signal.SIGINT, *_terminating_signals()]:
-        if callable(signal.getsignal(sig)):
-            saved[sig] = signal.signal(sig, note)
-    try:
+    with _handlers([signal.SIGINT, *_terminating_signals()], lambda signum, frame: pending.append(signum),
+                   callable):
         yield
-    finally:
-        for sig, previous in saved.items():
-            signal.signal(sig, previous)  # type: ignore[arg-type]
     if pending:
         raise KeyboardInterrupt if pending[0] == signal.SIGINT else Interrupted(pending[0])
