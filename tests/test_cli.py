@@ -487,3 +487,21 @@ def test_staging_left_by_a_dead_run_is_removed_only_if_ours(tmp_path, capsys):
     assert alive.exists() and copied.exists() and (lookalike / "thesis.tex").exists()
     assert f"process {dead}" in capsys.readouterr().err
     staging.discard()
+
+
+def test_an_earlier_report_set_aside_by_a_killed_run_is_put_back(tmp_path, capsys):
+    dead = _dead_pid()
+    aside = tmp_path / f".report.attnzoo-{dead}-0123456789abcdef.old"
+    aside.mkdir()
+    (aside / "index.html").write_text("old report")
+    manifest.write(aside, {"pid": 1, "token": "x"}, complete=True)
+    staging = Staging(tmp_path / "report")  # the killed run died between its two renames
+    staging.discard()
+    assert (tmp_path / "report" / "index.html").read_text() == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"] and "put back" in capsys.readouterr().err
+    aside.mkdir()  # and when --out exists, only the files its manifest lists are removed
+    (aside / "index.html").write_text("older report")
+    manifest.write(aside, {"pid": 1, "token": "x"}, complete=True)
+    (aside / "notes.txt").write_text("not in the manifest")
+    Staging(tmp_path / "report").discard()
+    assert sorted(os.listdir(aside)) == [manifest.MANIFEST, "notes.txt"]
