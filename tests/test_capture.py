@@ -169,3 +169,29 @@ def test_generate_records_each_step_self_and_cross_attention():
             torch.testing.assert_close(cross_t[b, :, 0], full[f"decoder_layers.{i}.multihead_attn"][0][b, :, t])
     assert live.sum() > T  # both rows were compared at several steps
     assert torch.all(rec["decoder_layers.0.multihead_attn"][0][1, ..., 5:] == 0)  # padded source keys
+
+
+def test_save_load_round_trip(tmp_path):
+    model, src = _seq2seq()
+    with AttentionRecorder(model, average_heads=True) as rec:
+        model.generate(src, 3, bos_id=1, eos_id=2)
+    q, k, v = _qkv()
+    with AttentionRecorder(Net().to(torch.bfloat16)) as rec16:  # numpy has no bfloat16
+        rec16.model(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    for r in (rec, rec16):
+        path = r.save(tmp_path / "rec.npz")
+        back = AttentionRecorder.load(path)
+        assert back.names == r.names and back.model is None
+        assert [(m.name, m.kind, m.module, m.call) for m in back.maps] == [
+            (m.name, m.kind, m.module, m.call) for m in r.maps]
+        for a, b in zip(back.maps, r.maps):
+            assert a.tensor.dtype == b.tensor.dtype and torch.equal(a.tensor, b.tensor)
+        assert torch.equal(back[r.names[-1]][-1], r[r.names[-1]][-1])
+    assert rec16.maps[0].tensor.dtype == torch.bfloat16
+    with pytest.raises(RuntimeError, match="loaded from a file and has no model"):
+        with back:
+            pass
+    (tmp_path / "other.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="path must be an attention recording written by AttentionRecorder.save"):
+        AttentionRecorder.load(tmp_path / "other.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.npz", "rec.npz"]  # no temporary left

@@ -36,8 +36,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -148,6 +150,8 @@ class AttentionRecorder:
         self._handles: list[RemovableHandle] = []
 
     def __enter__(self) -> AttentionRecorder:
+        if self.model is None:
+            raise RuntimeError("this AttentionRecorder was loaded from a file and has no model to record")
         if self._handles:
             raise RuntimeError("this AttentionRecorder is already active; nest a second one instead")
         self.clear()
@@ -178,6 +182,24 @@ class AttentionRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the records to ``path`` (``.npz``: arrays + JSON metadata), atomically."""
+        from .maps.store import save_maps
+        return save_maps(self.maps, path, names=self.names)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AttentionRecorder:
+        """A recorder holding the records saved by :meth:`save` (``maps``, ``names``, ``rec[name]``).
+
+        It has no model (``model`` is None), so it cannot be entered again.
+        """
+        from .maps.store import load_maps
+        records, names = load_maps(path)
+        rec = cls(nn.Module())
+        rec.model, rec.names = None, names
+        rec.maps = [AttentionMap(**r) for r in records]
+        return rec
 
     def clear(self) -> None:
         """Drop every record and restart the call counts."""
