@@ -140,9 +140,9 @@ def attention_view(
         cells += H * keep.size * S
         if cells > max_cells:
             raise ValueError(
-                f"the view would embed more than max_cells={max_cells} weights (layer {label!r}: {H} heads x "
-                f"{keep.size} rows x {S} keys); pass fewer rows= (e.g. rows=range(0, {L}, 8)), "
-                f"average the heads, fewer records, or a larger max_cells")
+                f"the view would embed more than max_cells={max_cells} weights in all (reached at layer "
+                f"{label!r}: {H} heads x {keep.size} rows x {S} keys); pass fewer rows= (every k-th: "
+                f"rows=range(0, {L}, k)), average the heads, fewer records, or a larger max_cells")
         q = _labels(query_tokens, L) or _labels(tokens, L)
         k = _labels(tokens, S) or _labels(query_tokens, S)
         quant = np.rint(np.clip(w[:, keep], 0.0, 1.0) * 65535).astype("<u2")  # (H, R, S)
