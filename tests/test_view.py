@@ -216,3 +216,29 @@ def test_browser_4096_tokens_draws_a_window(browser, tmp_path):
     _check_top(top, w[4050])  # over all 4,096 keys, not only the window
     assert all(r == 4050 and c < 64 for r, c, _ in lines)
     assert browser.execute_script("return document.getElementById('strip').width") == 1024
+
+
+def test_generation_view_for_a_seq2seq_model(tmp_path):
+    from attnzoo import viz
+    from attnzoo.maps.generation import generation_view
+
+    torch.manual_seed(4)
+    model = az.Seq2SeqTransformer(11, 13, d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=2,
+                                  dim_feedforward=32, dropout=0.0, max_len=16).eval()
+    src = torch.randint(3, 11, (1, 6))
+    path, tokens = generation_view(model, src, tmp_path / "gen.html", bos_id=1, eos_id=12, max_new_tokens=5,
+                                   src_tokens=list("abcdef"), token_label=lambda i: f"<{i}>")
+    assert torch.equal(tokens, model.generate(src, 5, 1, 12))
+    with AttentionRecorder(model) as rec:
+        model.generate(src, 5, 1, 12)
+    data = _data(path.read_text(encoding="utf-8"))
+    assert [layer["label"] for layer in data["layers"]] == ["decoder_layers.0.multihead_attn",
+                                                            "decoder_layers.1.multihead_attn"]
+    for layer in data["layers"]:
+        assert layer["q"] == [f"<{t}>" for t in tokens[0].tolist()] and layer["k"] == list("abcdef")
+        steps = torch.cat(rec[layer["label"]], dim=2)[0].double().numpy()  # (H, T, S)
+        np.testing.assert_allclose(_decoded(layer), steps, rtol=0, atol=0.5 / Q)
+    assert viz.attention_view is attention_view
+    with pytest.raises(ValueError, match=r"src must be one source sequence of shape \(1, S\)"):
+        generation_view(model, src.repeat(2, 1), tmp_path / "x.html", bos_id=1, eos_id=2, max_new_tokens=3,
+                        src_tokens=list("abcdef"))
