@@ -117,7 +117,8 @@ class AttentionRecorder:
 
     Results (kept after the ``with`` block): ``maps``, the ``AttentionMap`` list in call
     order; ``rec[name]``, that module's tensors, one per call; ``names``, the hooked
-    modules' qualified names (the root model is ``""``); ``name in rec``; ``clear()``
+    modules' qualified names (the root model is ``""``), then those whose SDPA calls were
+    recorded, in first-call order; ``name in rec``; ``clear()``
     drops the records. ``save(path)`` / ``AttentionRecorder.load(path)`` keep them on disk.
 
     Any model: with ``sdpa=True`` a ``TorchFunctionMode`` (active only inside ``with``) sees
