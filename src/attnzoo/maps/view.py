@@ -65,11 +65,13 @@ def _stack_steps(steps: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def view_layers(records: Any, *, heads_averaged: bool = False, batch: int = 0) -> list[tuple[str, np.ndarray]]:
+def view_layers(records: Any, *, heads_averaged: bool = False, batch: int = 0,
+                kinds: Sequence[str] = ("attention",)) -> list[tuple[str, np.ndarray]]:
     """The layers :func:`attention_view` shows: ``[(label, weights (H, L, S)), ...]``.
 
-    ``records``: an :class:`~attnzoo.AttentionRecorder` (its ``"attention"`` records), a list of
-    :class:`~attnzoo.AttentionMap`, a mapping ``{label: tensor or array}``, or one tensor/array.
+    ``records``: an :class:`~attnzoo.AttentionRecorder` (its records of the given ``kinds``), a
+    list of :class:`~attnzoo.AttentionMap`, a mapping ``{label: tensor or array}``, or one
+    tensor/array.
     """
     if isinstance(records, (Tensor, np.ndarray)):
         items = [("attention", 0, records)]
@@ -80,7 +82,7 @@ def view_layers(records: Any, *, heads_averaged: bool = False, batch: int = 0) -
         if not isinstance(maps, Sequence) or not all(hasattr(m, "tensor") for m in maps):
             raise TypeError("records must be an AttentionRecorder, a list of AttentionMap, a mapping "
                             f"of tensors or one tensor, got {type(records).__name__}")
-        items = [(m.name or "(root)", m.call, m.tensor) for m in maps if m.kind == "attention"]
+        items = [(m.name or "(root)", m.call, m.tensor) for m in maps if m.kind in kinds]
     groups: dict[str, list[np.ndarray]] = {}
     for name, call, t in items:
         groups.setdefault(name, []).append(_as_array(f"{name} #{call}", t, heads_averaged, batch))
@@ -111,6 +113,7 @@ def attention_view(
     rows: slice | range | Sequence[int] | None = None,
     window: int = 64,
     max_cells: int = 1 << 24,
+    kinds: Sequence[str] = ("attention",),
 ) -> Path | str:
     """Write the interactive view of ``records`` to ``path`` (atomically), or return the HTML.
 
@@ -125,12 +128,13 @@ def attention_view(
         rows: embed only these query rows (e.g. ``range(0, 4096, 8)``) to keep the file small.
         window: rows and keys drawn at once (the reader can move and resize the window).
         max_cells: refuse (``ValueError``) to embed more than this many weights in all.
+        kinds: which records of a recorder to show (any kind whose maps are (B, H, L, S)).
     """
     if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= 512:
         raise ValueError(f"window must be an int in [1, 512], got {window!r}")
     if isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1:
         raise ValueError(f"max_cells must be a positive int, got {max_cells!r}")
-    layers = view_layers(records, heads_averaged=heads_averaged, batch=batch)
+    layers = view_layers(records, heads_averaged=heads_averaged, batch=batch, kinds=kinds)
     out, cells = [], 0
     for label, w in layers:
         H, L, S = w.shape
