@@ -195,3 +195,23 @@ def test_save_load_round_trip(tmp_path):
     with pytest.raises(ValueError, match="path must be an attention recording written by AttentionRecorder.save"):
         AttentionRecorder.load(tmp_path / "other.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.npz", "rec.npz"]  # no temporary left
+
+
+def test_rows_and_average_on_module_hooks():
+    torch.manual_seed(6)
+    mha = az.SelfAttention(8, num_heads=2, dtype=D)
+    torch_mha = nn.MultiheadAttention(8, 2, batch_first=True, dtype=D)
+    x = torch.randn(2, 5, 8, dtype=D)
+    with AttentionRecorder(mha) as full, AttentionRecorder(mha, rows=slice(1, 3)) as rows:
+        mha(x)  # no weights asked: the recorder's rows are computed alone (weights_for)
+        _, w = mha(x, need_weights=True, average_attn_weights=False)  # the caller still gets every row
+        mha(x, weights_for=range(4, 5))  # the caller's own rows win
+    assert w.shape == (2, 2, 5, 5) and torch.equal(w, full[""][1])
+    assert [t.shape for t in rows[""]] == [(2, 2, 2, 5), (2, 2, 2, 5), (2, 2, 1, 5)]
+    for got, ref in zip(rows[""][:2], full[""][:2]):
+        torch.testing.assert_close(got, ref[:, :, 1:3], rtol=0, atol=1e-12)
+    with AttentionRecorder(torch_mha) as full, AttentionRecorder(torch_mha, rows=torch.tensor([0, 4]),
+                                                                 average_heads=True) as small:
+        torch_mha(x, x, x)
+    assert small[""][0].shape == (2, 2, 5)
+    torch.testing.assert_close(small[""][0], full[""][0][:, :, [0, 4]].mean(1), rtol=0, atol=1e-12)
