@@ -12,6 +12,7 @@ from .factory import available_attention, create_attention
 from .record import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
 from .spatial import CBAM, SpatialAttention
+from .temporal import TemporalAttention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -33,4 +34,5 @@ __all__ = [
     "KVCache",
     "AttentionRecorder",
     "AttentionMap",
+    "TemporalAttention",
 ]
