@@ -13,6 +13,7 @@ from .record import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
 from .spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
+from .retrofit import add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -35,4 +36,6 @@ __all__ = [
     "AttentionRecorder",
     "AttentionMap",
     "TemporalAttention",
+    "add_attention",
+    "find_attention",
 ]

@@ -284,15 +284,16 @@ def add_attention(
                              "select modules that end in a convolution or normalisation layer")
         if any(isinstance(h, _ApplyGate) for h in target._forward_hooks.values()):
             raise ValueError(f"{name!r} already has a gate from add_attention")
+    gates = []  # build every gate before touching the model, so a bad kwarg changes nothing
     for name, channels in places:
         target = model.get_submodule(name)
         p = next(target.parameters(), None)
         p = next(model.parameters(), None) if p is None else p
         kw = {} if p is None else {"device": p.device, "dtype": p.dtype}
-        gate = create_attention(kind, channels, **kw, **kwargs)
+        gates.append((create_attention(kind, channels, **kw, **kwargs), *_host(model, name)))
         if init == "identity":
-            _identity_init(gate)
-        host, child = _host(model, name)
+            _identity_init(gates[-1][0])
+    for (name, _), (gate, host, child) in zip(places, gates):
         host.add_module(child, gate)
-        target.register_forward_hook(_ApplyGate(gate))
+        model.get_submodule(name).register_forward_hook(_ApplyGate(gate))
     return model
