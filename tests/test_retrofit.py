@@ -213,6 +213,25 @@ def test_copy_pickle_and_state_dict_round_trip():
         assert torch.equal(loaded(x).logits, model(x).logits) and torch.equal(fresh(x).logits, model(x).logits)
 
 
+class RegisteredBackwards(nn.Module):
+    """Its last registered layer is not its last executed one: the channel guess is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = nn.Conv2d(8, 4, 1)
+        self.early = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return self.late(self.early(x))
+
+
+def test_a_wrong_channel_guess_fails_loudly_naming_the_place():
+    net = nn.Sequential(RegisteredBackwards())
+    az.add_attention(net, "se", where=lambda name, m: name == "0", reduction=2)
+    with pytest.raises(ValueError, match=r"the SqueezeExcite that add_attention put after '0': x must have 8 channels"):
+        net(torch.randn(1, 3, 4, 4))
+
+
 class BranchEndsInAnOp(nn.Module):
     def __init__(self):
         super().__init__()
