@@ -233,3 +233,16 @@ def test_bad_arguments_name_the_argument():
         m(torch.randn(2, 5, 4), [[True] * 5] * 2)
     with pytest.raises(TypeError, match="lengths must be an integer torch.Tensor"):
         padding_mask_from_lengths(torch.tensor([1.0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_with_nan_in_padding():
+    m = build("additive", d=6, q=2).float()
+    x = rand(3, 9, 6).float()
+    pad = padding_mask_from_lengths(torch.tensor([9, 4, 0]), 9)
+    x[pad] = float("nan")
+    cpu = m(x, pad)
+    gpu = m.cuda()(x.cuda(), pad.cuda())
+    for c, g in zip(cpu, gpu):
+        assert g.is_cuda and torch.isfinite(g).all()
+        torch.testing.assert_close(g.cpu(), c, atol=1e-5, rtol=1e-5)
