@@ -18,12 +18,7 @@ from attnzoo.retrofit import ScaledSigmoid
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def hf_resnet(layer_type: str, seed: int = 0) -> nn.Module:

@@ -24,12 +24,7 @@ F64 = torch.float64
 FAST = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(score: str = "additive", d: int = 5, q: int = 1, seed: int = 0, **kw) -> TemporalAttention:
