@@ -22,6 +22,7 @@ What is captured (``AttentionMap.tensor``) for each module found by recursion:
   ``"spatial"``: ``SpatialAttention``: the gate (B, 1, H, W). A gate is the output of
   the module's ``gate_act`` sigmoid, so a ``CBAM`` gives records for ``<name>.channel``
   and ``<name>.spatial``, and a direct ``module.gate(x)`` is recorded too.
+* ``"temporal"``: ``TemporalAttention``: its weights over time, (B, T) or (B, Q, T).
 
 Outputs do not change: attnzoo modules always compute them with the same fused kernel, so
 they are bit-identical (except in training with dropout > 0: the output then comes from
@@ -52,6 +53,7 @@ from .functional import RowIndex, _row_index
 __all__ = ["AttentionMap", "AttentionRecorder"]
 
 _GATES = [("channel", "SqueezeExcite"), ("channel", "ChannelAttention"), ("spatial", "SpatialAttention")]  # kind = file
+_GATES.append(("temporal", "TemporalAttention"))  # weights = output of its gate_act (masked softmax)
 
 
 @dataclass(frozen=True)
