@@ -1,14 +1,20 @@
-"""The ``attnzoo`` command line around the tour: help texts, bad input, Ctrl-C.
+"""The ``attnzoo`` command line around the tour: help texts, bad input, Ctrl-C, and the
+report folder, which attnzoo replaces only when its manifest says attnzoo wrote it.
 
 Bad input must exit with status 2 and exactly one line on stderr (no traceback) before
-any training starts; an interruption must leave no report and no temporary folder.
+any training starts; an interruption must leave no report and no temporary folder; no
+file attnzoo did not write is ever deleted. Training is replaced by ``fake_tour`` (one
+figure, a stub page) where only the file handling is under test; the real tour runs in
+test_demo.py, and real signals in test_cli_signals.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +28,7 @@ pytest.importorskip("tqdm")
 
 import attnzoo.demo  # noqa: E402
 from attnzoo.demo import dates, vision  # noqa: E402
+from attnzoo.demo import manifest  # noqa: E402
 from attnzoo.demo.output import Staging  # noqa: E402
 
 #: What the ``attnzoo`` console script runs (``attnzoo.cli:main``), in a fresh interpreter.
@@ -46,6 +53,54 @@ def no_training(monkeypatch):
         raise AssertionError("training started although the input was bad")
     monkeypatch.setattr(vision, "run", boom)
     monkeypatch.setattr(dates, "run", boom)
+
+
+@pytest.fixture
+def fake_tour(monkeypatch):
+    """Training and the page replaced by one figure and a stub page; returns a list of
+    callables that run during "training" (to change ``--out`` while the tour runs)."""
+    during = []
+
+    def run(budget, seed, device, fig_dir):
+        for action in during:
+            action()
+        (Path(fig_dir) / "vision_fig.png").write_bytes(b"\x89PNG fake figure, seed %d" % seed)
+        return {"seed": seed}
+    monkeypatch.setattr(vision, "run", run)
+    monkeypatch.setattr(attnzoo.demo, "html_page", lambda *a, **k: "<!DOCTYPE html><p>fake</p>")
+    monkeypatch.setattr(attnzoo.demo, "summary", lambda results, index, *a, **k: f"report: {index}")
+    return during
+
+
+def demo(out: Path, capsys, seed: int = 0) -> tuple[int, str, str]:
+    return run_cli(["demo", "--quick", "--only", "vision", "--seed", str(seed), "--out", str(out)], capsys)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A folder in which no file can be created (a read-only folder; /sys as root, whom
+    permissions do not stop)."""
+    if os.name != "posix":
+        pytest.skip("needs POSIX permissions")
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    try:
+        fd, name = tempfile.mkstemp(dir="/sys")
+    except OSError:
+        yield Path("/sys")
+        return
+    os.close(fd)
+    os.unlink(name)
+    pytest.skip("no folder here refuses new files to root")
 
 
 def assert_usage_error(code: int, out: str, err: str, *words: str) -> None:
@@ -136,17 +191,11 @@ def test_out_is_a_folder_of_other_files(capsys, no_training, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["mine"]
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
-def test_out_in_a_read_only_folder(capsys, no_training, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        code, out, err = run_cli(["demo", "--quick", "--out", str(ro / "report")], capsys)
-    finally:
-        ro.chmod(0o755)
+def test_out_in_a_read_only_folder(capsys, no_training, unwritable_dir):
+    before = sorted(os.listdir(unwritable_dir))
+    code, out, err = run_cli(["demo", "--quick", "--out", str(unwritable_dir / "report")], capsys)
     assert_usage_error(code, out, err, "--out", "cannot write")
-    assert list(ro.iterdir()) == []
+    assert sorted(os.listdir(unwritable_dir)) == before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is available here")
@@ -191,19 +240,17 @@ def test_interrupt_leaves_no_partial_report(part, function, capsys, monkeypatch,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_interrupt_keeps_the_previous_report(capsys, monkeypatch, tmp_path):
+def test_interrupt_keeps_the_previous_report(capsys, monkeypatch, fake_tour, tmp_path):
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "results.json").write_text('{"old": true}')
-    (out / "index.html").write_text("<!DOCTYPE html><p>old</p>")
+    assert demo(out, capsys)[0] == 0
+    before = snapshot(out)
 
-    def interrupted(*args, **kwargs):
+    def interrupted():
         raise KeyboardInterrupt
-    monkeypatch.setattr(vision, "train_classifier", interrupted)
-    code, _, _ = run_cli(["demo", "--quick", "--only", "vision", "--out", str(out)], capsys)
-    assert code == 130
-    assert (out / "results.json").read_text() == '{"old": true}'
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.json"]
+    fake_tour.append(interrupted)
+    code, _, err = demo(out, capsys, seed=1)
+    assert code == 130 and "interrupted" in err and len(err.splitlines()) == 1
+    assert snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 
 
@@ -225,15 +272,18 @@ def test_interrupt_restores_torch_settings(monkeypatch, capsys, tmp_path):
 
 def test_staging_replaces_an_earlier_report_as_a_whole(tmp_path):
     out = tmp_path / "report"
-    out.mkdir()
+    first = Staging(out)
+    assert first.path.parent == tmp_path and first.path.name.startswith(".")
     for name in ("results.json", "index.html", "old.png"):
-        (out / name).write_text("old")
-    staging = Staging(out)
-    assert staging.path.parent == tmp_path and staging.path.name.startswith(".")
-    (staging.path / "results.json").write_text("new")
-    (staging.path / "index.html").write_text("new")
-    assert staging.commit() == out
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.json"]
+        (first.path / name).write_text("old")
+    assert first.commit() == out
+    listed = json.loads((out / manifest.MANIFEST).read_text())["files"]
+    assert sorted(listed) == ["index.html", "old.png", "results.json"]
+    second = Staging(out)
+    (second.path / "results.json").write_text("new")
+    (second.path / "index.html").write_text("new")
+    assert second.commit() == out
+    assert sorted(p.name for p in out.iterdir()) == ["attnzoo-manifest.json", "index.html", "results.json"]
     assert (out / "results.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
 
@@ -243,3 +293,215 @@ def test_staging_discard_removes_what_it_created(tmp_path):
     (staging.path / "fig.png").write_bytes(b"x")
     staging.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------ ownership: the manifest (issue 7, item 8)
+
+
+def test_a_report_lookalike_without_manifest_is_refused(capsys, no_training, tmp_path):
+    """(a) index.html + results.json do not make a folder attnzoo's: nothing is deleted."""
+    s = tmp_path / "s"
+    s.mkdir()
+    (s / "index.html").write_text("x")
+    (s / "results.json").write_text("{}")
+    (s / "notes.txt").write_text("keep")
+    before = snapshot(s)
+    code, out, err = run_cli(["demo", "--quick", "--only", "vision", "--out", str(s)], capsys)
+    assert_usage_error(code, out, err, "--out", "not an attnzoo report", "index.html", "attnzoo-manifest.json")
+    assert snapshot(s) == before and [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_the_manifest_lists_every_file_with_its_hash(capsys, fake_tour, tmp_path):
+    out = tmp_path / "report"
+    code, stdout, err = demo(out, capsys)
+    assert code == 0 and err == "" and stdout.strip() == f"report: {out / 'index.html'}"
+    data = json.loads((out / manifest.MANIFEST).read_text())
+    assert data["schema"] == manifest.SCHEMA and data["complete"] is True
+    files = sorted(p.name for p in out.iterdir() if p.name != manifest.MANIFEST)
+    assert sorted(data["files"]) == files == ["index.html", "results.json", "vision_fig.png"]
+    for name, entry in data["files"].items():
+        blob = (out / name).read_bytes()
+        assert entry == {"bytes": len(blob), "sha256": __import__("hashlib").sha256(blob).hexdigest()}
+    assert "host" not in data["run"]  # the staging marker's host name is not published
+
+
+def test_an_earlier_report_is_replaced(capsys, fake_tour, tmp_path):
+    out = tmp_path / "report"
+    assert demo(out, capsys, seed=1)[0] == 0
+    (out / "vision_fig.png").unlink()  # a file the manifest lists may be gone: still ours
+    assert demo(out, capsys, seed=2)[0] == 0
+    assert (out / "vision_fig.png").read_bytes().endswith(b"seed 2")
+    assert json.loads((out / "results.json").read_text())["seed"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+@pytest.mark.parametrize("change, name, words", [
+    (lambda out: (out / "notes.txt").write_text("mine"), "notes.txt", "not in attnzoo-manifest.json"),
+    (lambda out: (out / "index.html").write_text("edited"), "index.html", "changed after attnzoo wrote it"),
+    (lambda out: (out / "sub").mkdir(), "sub", "not written by attnzoo"),
+    (lambda out: (out / manifest.MANIFEST).write_text("{}"), manifest.MANIFEST, "not a complete"),
+])
+def test_an_earlier_report_with_anything_else_is_refused(change, name, words, capsys, fake_tour, monkeypatch,
+                                                          tmp_path):
+    out = tmp_path / "report"
+    assert demo(out, capsys)[0] == 0
+    change(out)
+    before = snapshot(out) if name != "sub" else sorted(os.listdir(out))
+
+    def boom():
+        raise AssertionError("training started although --out holds a foreign file")
+    fake_tour.append(boom)
+    code, stdout, err = demo(out, capsys, seed=1)
+    assert_usage_error(code, stdout, err, "--out", name, words)
+    assert (snapshot(out) if name != "sub" else sorted(os.listdir(out))) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_file_that_appears_during_the_run_is_never_deleted(earlier, capsys, fake_tour, tmp_path):
+    """(b) the swap is refused; the finished report is left beside it, and we say where."""
+    out = tmp_path / "report"
+    if earlier:
+        assert demo(out, capsys)[0] == 0
+    fake_tour.append(lambda: (out.mkdir(exist_ok=True), (out / "notes.txt").write_text("written meanwhile")))
+    code, stdout, err = demo(out, capsys, seed=3)
+    kept = tmp_path / "report.attnzoo-new"
+    assert code == 1 and stdout == "" and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "notes.txt" in err and str(kept) in err, err
+    assert (out / "notes.txt").read_text() == "written meanwhile"
+    expected = {"notes.txt"} | ({"index.html", "results.json", "vision_fig.png", manifest.MANIFEST} if earlier else set())
+    assert set(os.listdir(out)) == expected
+    assert sorted(os.listdir(kept)) == [manifest.MANIFEST, "index.html", "results.json", "vision_fig.png"]
+    assert (kept / "vision_fig.png").read_bytes().endswith(b"seed 3")
+    assert manifest.foreign_entry(kept) is None  # a complete report: usable as --out later
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "report.attnzoo-new"]
+
+
+def test_a_file_that_appears_during_the_swap_is_given_back(capsys, fake_tour, monkeypatch, tmp_path):
+    """Between the last check and the rename a file can still arrive: it goes with the
+    earlier report, and is then moved into the new folder, not deleted."""
+    out = tmp_path / "report"
+    assert demo(out, capsys)[0] == 0
+    from attnzoo.demo import output
+    real_read = output.manifest.read
+
+    def read_then_race(folder):
+        data = real_read(folder)
+        if sys._getframe(1).f_code.co_name == "_swap":  # the read just before the rename
+            (out / "late.txt").write_text("arrived during the swap")
+        return data
+    monkeypatch.setattr(output.manifest, "read", read_then_race)
+    code, _, err = demo(out, capsys, seed=4)
+    assert code == 0 and "late.txt" in err and len(err.splitlines()) == 1
+    assert (out / "late.txt").read_text() == "arrived during the swap"
+    assert (out / "vision_fig.png").read_bytes().endswith(b"seed 4")
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+# ------------------------------------------------- output paths checked first (item 8 d)
+
+
+def test_a_symlinked_out_is_followed(capsys, fake_tour, tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert demo(link, capsys)[0] == 0
+    assert demo(link, capsys, seed=1)[0] == 0  # and replaced through the link next time
+    assert link.is_symlink() and link.resolve() == target
+    assert (target / "vision_fig.png").read_bytes().endswith(b"seed 1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_a_symlink_to_a_foreign_folder_or_nowhere_is_refused(capsys, no_training, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    (tmp_path / "link").symlink_to(mine)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    code, out, err = run_cli(["demo", "--quick", "--out", str(tmp_path / "link")], capsys)
+    assert_usage_error(code, out, err, "--out", "thesis.tex")
+    code, out, err = run_cli(["demo", "--quick", "--out", str(tmp_path / "dangling")], capsys)
+    assert_usage_error(code, out, err, "--out", "symbolic link", "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "link", "mine"]
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+
+
+@pytest.fixture
+def no_bench(monkeypatch):
+    import attnzoo.bench as bench
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the benchmark ran although --json cannot be written")
+    monkeypatch.setattr(bench, "run_benchmarks", boom)
+
+
+def test_bench_json_in_an_unwritable_folder(capsys, no_bench, unwritable_dir):
+    code, out, err = run_cli(["bench", "--quick", "--only", "functional", "--json",
+                              str(unwritable_dir / "bench.json")], capsys)
+    assert_usage_error(code, out, err, "--json", "cannot write")
+
+
+def test_bench_json_never_replaces_a_file_it_did_not_write(capsys, no_bench, tmp_path):
+    mine = tmp_path / "results.json"
+    mine.write_text('{"mine": 1}')
+    code, out, err = run_cli(["bench", "--quick", "--json", str(mine)], capsys)
+    assert_usage_error(code, out, err, "--json", "not written by attnzoo bench")
+    assert mine.read_text() == '{"mine": 1}'
+    import attnzoo.bench as bench
+
+    earlier = tmp_path / "bench.json"
+    earlier.write_text(json.dumps({"schema": bench.SCHEMA, "rows": []}))
+    bench.check_json_path(str(earlier))  # an earlier bench file may be replaced
+
+
+# ------------------------------------------------ staging folders left by killed runs (c)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def _fake_staging(parent: Path, name: str, pid: int, token: str = "0123456789abcdef", **run) -> Path:
+    folder = parent / f".{name}.attnzoo-{pid}-{token}.partial"
+    folder.mkdir()
+    manifest.write(folder, {"pid": pid, "token": token, **run}, complete=False)
+    (folder / "vision_fig.png").write_bytes(b"half")
+    return folder
+
+
+def test_staging_left_by_a_dead_run_is_removed_only_if_ours(tmp_path, capsys):
+    dead = _dead_pid()
+    stale = _fake_staging(tmp_path, "report", dead)
+    alive = _fake_staging(tmp_path, "report", os.getppid(), token="fedcba9876543210")  # a live process
+    copied = _fake_staging(tmp_path, "report", dead, token="00000000000000aa")
+    data = json.loads((copied / manifest.MANIFEST).read_text())
+    data["run"]["token"] = "00000000000000bb"  # marker does not match its folder's name
+    (copied / manifest.MANIFEST).write_text(json.dumps(data))
+    lookalike = tmp_path / f".report.attnzoo-{dead}-0123456789abcdef.old"  # no manifest: not ours
+    lookalike.mkdir()
+    (lookalike / "thesis.tex").write_text("precious")
+    staging = Staging(tmp_path / "report")
+    assert not stale.exists()
+    assert alive.exists() and copied.exists() and (lookalike / "thesis.tex").exists()
+    assert f"process {dead}" in capsys.readouterr().err
+    staging.discard()
+
+
+def test_an_earlier_report_set_aside_by_a_killed_run_is_put_back(tmp_path, capsys):
+    dead = _dead_pid()
+    aside = tmp_path / f".report.attnzoo-{dead}-0123456789abcdef.old"
+    aside.mkdir()
+    (aside / "index.html").write_text("old report")
+    manifest.write(aside, {"pid": 1, "token": "x"}, complete=True)
+    staging = Staging(tmp_path / "report")  # the killed run died between its two renames
+    staging.discard()
+    assert (tmp_path / "report" / "index.html").read_text() == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"] and "put back" in capsys.readouterr().err
+    aside.mkdir()  # and when --out exists, only the files its manifest lists are removed
+    (aside / "index.html").write_text("older report")
+    manifest.write(aside, {"pid": 1, "token": "x"}, complete=True)
+    (aside / "notes.txt").write_text("not in the manifest")
+    Staging(tmp_path / "report").discard()
+    assert sorted(os.listdir(aside)) == [manifest.MANIFEST, "notes.txt"]

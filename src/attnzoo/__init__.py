@@ -5,6 +5,7 @@
 >>> se = az.create_attention("se", 64)
 """
 
+from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
 from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
@@ -12,6 +13,8 @@ from .factory import available_attention, create_attention
 from .record import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
 from .spatial import CBAM, SpatialAttention
+from .temporal import TemporalAttention
+from .retrofit import add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -33,4 +36,7 @@ __all__ = [
     "KVCache",
     "AttentionRecorder",
     "AttentionMap",
+    "TemporalAttention",
+    "add_attention",
+    "find_attention",
 ]

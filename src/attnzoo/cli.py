@@ -1,18 +1,23 @@
 """The ``attnzoo`` command: ``attnzoo demo`` (the tour) and ``attnzoo bench`` (speed).
 
-Bad usage exits with status 2 and one line on stderr, never a traceback; Ctrl-C exits
-with status 130 and leaves no partial report (every file is written atomically).
+Also ``python -m attnzoo`` (``__main__.py``). Bad usage exits with status 2 and one line on
+stderr, never a traceback; a command that cannot finish exits with status 1 and one line.
+Ctrl-C exits with status 130 and SIGTERM (or SIGHUP) with 128 + its number (143), both
+with one line, after the same clean-up: no partial report, no temporary folder (every
+file is written atomically, the report folder in one rename). The errors live in
+``_errors.py``, below the commands, so ``demo``/``bench`` never import this module.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
+from ._errors import CommandError, UsageError, signals_as_interrupts
 
-class UsageError(Exception):
-    """A bad option value found after parsing (exit status 2, one line on stderr)."""
+__all__ = ["main", "build_parser", "UsageError", "CommandError"]  # UsageError: kept importable from here
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,19 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    """Run ``attnzoo ARGV``; return the exit status (argparse's ``SystemExit`` for --help
+    and unparsable options propagates, as for any argparse program)."""
+    name = "attnzoo"
     try:
-        return int(args.run(args) or 0)
-    except UsageError as exc:
-        print(f"attnzoo {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"attnzoo {args.command}: interrupted; nothing partial was written", file=sys.stderr)
-        return 130
+        with signals_as_interrupts():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 2
+            name = f"attnzoo {args.command}"
+            return int(args.run(args) or 0)
+    except CommandError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = "interrupted" if signum == signal.SIGINT else f"terminated by {signal.Signals(signum).name}"
+        print(f"{name}: {what}; nothing partial was written", file=sys.stderr)
+        return 128 + signum
 
 
 def _version() -> str:
@@ -70,6 +82,4 @@ def _version() -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from attnzoo.cli import main as _main  # the imported module, whose UsageError the commands raise
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -5,7 +5,7 @@
 
 The second argument is the channel count for the CNN gates ("se", "channel", "spatial",
 "cbam"; "spatial" has no channels and ignores it) and the embedding size for the
-sequence modules ("mha", "self", "cross"). Other keyword arguments go to the class.
+sequence modules ("mha", "self", "cross", "temporal"). Other keyword arguments go to the class.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
 from .spatial import CBAM, SpatialAttention
+from .temporal import TemporalAttention
 
 __all__ = ["create_attention", "available_attention"]
 
@@ -28,6 +29,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mha": MultiHeadAttention,
     "self": SelfAttention,
     "cross": CrossAttention,
+    "temporal": TemporalAttention,
 }
 
 

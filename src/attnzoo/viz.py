@@ -20,6 +20,7 @@ import torch
 
 from attnzoo._checks import check_positive_int
 from attnzoo._io import atomic_path
+from attnzoo.maps.view import attention_view as attention_view  # interactive HTML (no matplotlib)
 
 __all__ = ["plot_attention", "plot_channel_profile", "plot_spatial_overlay", "plot_training_curves",
            "plot_accuracy_bars"]

@@ -13,10 +13,12 @@ GFLOP/s / matmul GFLOP/s for throughput); above 1 attnzoo wins. See docs/perform
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -124,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..cli import UsageError
+    from .._errors import UsageError
 
     def count(name: str, default: int, low: int) -> int:
         value = getattr(args, name)
@@ -134,6 +136,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--{name} must be an integer >= {low}, got {value}")
         return value
 
+    if args.json is not None:  # first, before any slow work
+        check_json_path(args.json)
     known = group_names()
     groups = known
     if args.only is not None:
@@ -155,15 +159,46 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("--device cuda: this torch build or machine has no CUDA device")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
-    if args.json is not None:  # checked now, not after a long run
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(parent):
-            raise UsageError(f"--json: directory {parent} does not exist")
-        if os.path.isdir(args.json):
-            raise UsageError(f"--json: {args.json} is a directory; give a file name")
     return {"quick": bool(args.quick), "repeats": count("repeats", 3 if args.quick else 10, 1),
             "warmup": count("warmup", 1 if args.quick else 2, 0), "groups": groups, "device": str(device),
             "dtype": getattr(args, "dtype", None) or DEFAULT_DTYPE[device.type], "json": args.json}
+
+
+def _json_target(path: str) -> str:
+    """The file ``--json PATH`` writes (symlinks followed)."""
+    return os.path.realpath(os.path.expanduser(path))
+
+
+def _is_bench_json(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith("attnzoo-bench/")
+
+
+def check_json_path(path: str) -> None:
+    """``UsageError`` unless ``--json PATH`` can be written: its folder exists and takes a
+    new file (tried), and PATH is new or an earlier ``attnzoo bench`` file (never a file of
+    someone else's, which it would replace)."""
+    from .._errors import UsageError
+
+    target = _json_target(path)
+    parent = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise UsageError(f"--json {path}: is a folder; give a file name")
+    if not os.path.isdir(parent):
+        raise UsageError(f"--json {path}: folder {parent} does not exist")
+    if os.path.lexists(target) and not (os.path.isfile(target) and _is_bench_json(target)):
+        raise UsageError(f"--json {path}: {target} exists and was not written by attnzoo bench; "
+                         "choose a new file name (it would be replaced)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--json {path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
 #: Environment variables that change what the numbers mean, recorded when set.
@@ -269,6 +304,7 @@ def _one_line(exc: BaseException) -> str:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """The ``run`` entry point set by :func:`add_arguments` (bad values: ``UsageError``)."""
+    from .._errors import CommandError
     from .._io import atomic_write_json
     from ._core import Row, format_table
 
@@ -281,7 +317,10 @@ def main_from_args(args: argparse.Namespace) -> int:
     print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, device {m['device']}{gpu}, "
           f"dtype {options['dtype']}; medians of {options['repeats']} samples; ratio > 1: attnzoo better")
     if options["json"]:
-        atomic_write_json(options["json"], report)
+        try:
+            atomic_write_json(_json_target(options["json"]), report)
+        except OSError as exc:  # checked before the run; the disk can still fill up
+            raise CommandError(f"--json {options['json']}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {options['json']}")
     return 0
 

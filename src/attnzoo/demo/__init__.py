@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .._io import atomic_write_json, atomic_write_text
-from ..cli import UsageError
+from .._errors import CommandError, UsageError
 from . import dates, vision
 from .common import FULL, NUM_THREADS, QUICK
 from .output import Staging
@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                         help=f"folder for the report: DIR/index.html, its PNG figures and DIR/results.json "
                              f"(default: {DEFAULT_OUT}/). It is replaced as a whole at the end, and only if it "
-                             "is empty or an earlier report")
+                             "is new, empty or an earlier report (every file listed, unchanged, in its "
+                             "attnzoo-manifest.json); anything else is refused before training. A symlink "
+                             "is followed")
     parser.add_argument("--quick", action="store_true",
                         help="small budget: under a minute on 2 CPU cores instead of about 3 minutes; "
                              "the same files and keys, much less accurate numbers; for tests and a first look")
@@ -121,8 +123,9 @@ class _TorchSettings:
 def run_demo(args: argparse.Namespace) -> int:
     """Run the tour for parsed ``args``; return the exit status (0).
 
-    Bad values raise ``UsageError`` before any training; an interruption removes
-    everything this run wrote and re-raises.
+    Bad values (``--out`` included: see ``output.py``) raise ``UsageError`` before any
+    training; an interruption (Ctrl-C, SIGTERM) removes everything this run wrote and
+    re-raises; a report that cannot be put in place raises ``CommandError``.
     """
     start = time.perf_counter()
     _check_dependencies()
@@ -142,12 +145,12 @@ def run_demo(args: argparse.Namespace) -> int:
                 results[part] = module.run(budgets[part], args.seed, device, staging.path)
         results["seconds"] = time.perf_counter() - start
         atomic_write_text(staging.path / "index.html", html_page(results))
-        atomic_write_json(staging.path / "results.json", results)  # last: its presence means complete
-        out = staging.commit()
+        atomic_write_json(staging.path / "results.json", results)
+        out = staging.commit()  # writes attnzoo-manifest.json, then one rename
     except OSError as exc:  # disk full, folder removed under us ...: one line, nothing partial
         staging.discard()
         where = f" ({exc.filename})" if exc.filename else ""
-        raise UsageError(f"cannot write the report: {exc.strerror or exc}{where}") from None
+        raise CommandError(f"cannot write the report: {exc.strerror or exc}{where}") from None
     except BaseException:
         staging.discard()
         raise

@@ -1,56 +1,169 @@
-"""The report folder: checked before any training, built in a hidden staging folder beside
-it, and moved into place in one ``os.replace`` at the very end.
+"""The report folder (``--out``): checked before any training, built in a hidden staging
+folder beside it, and moved into place in one rename at the very end.
 
-A crash or Ctrl-C therefore never leaves a half-written report: the staging folder (and
-any parent folders this run created) are removed, and an earlier report at ``--out``
-stays as it was. An existing ``--out`` is only replaced when it is empty or looks like
-an attnzoo report (a ``results.json`` and an ``index.html``, no subfolders), so pointing
-``--out`` at a folder of your own files is refused instead of deleting them.
+Ownership comes from the manifest (``manifest.py``): ``--out`` may be absent, empty, or an
+earlier attnzoo report whose every file is listed, unchanged, in its manifest; anything
+else is refused before training (exit 2, one line naming a foreign file). At the end the
+folder is checked again: a file that appeared during the run is never deleted; the swap is
+refused and the finished report is left, renamed to a visible ``NAME.attnzoo-new``, beside
+it (exit 1, one line saying where). Replacing an earlier report deletes only the files its
+manifest lists and that still match their hash.
+
+* A symlinked ``--out`` (or a symlink among its parents) is followed: the report replaces
+  the folder it points to, under the same rules; a dangling symlink is refused.
+* The staging folder ``.NAME.attnzoo-PID-TOKEN.partial`` holds a manifest with the pid,
+  the process's start time, the host and the random token. A run killed with SIGKILL
+  leaves it behind; the next run with the same ``--out`` removes it once that process is
+  gone (and only folders whose manifest matches their name). ``.NAME.attnzoo-PID-TOKEN.old``
+  (an earlier report set aside during the swap) is put back or cleared by the same rules.
+* A crash, Ctrl-C or SIGTERM removes the staging folder and any parent folders this run
+  created; the earlier report stays as it was. The swap itself is not interruptible.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
+import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
-from ..cli import UsageError
+from .._errors import CommandError, UsageError, interrupts_deferred
+from . import manifest
+from .manifest import MANIFEST
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-REPORT_MARKERS = ("results.json", "index.html")
+__all__ = ["Staging", "process_gone", "remove_stale"]
 
 
-def _looks_like_report(folder: Path) -> bool:
-    entries = list(folder.iterdir())
-    if not entries:
+def _say(line: str) -> None:
+    print(f"attnzoo demo: {line}", file=sys.stderr, flush=True)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks after boot) of ``pid`` from /proc (Linux), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_gone(pid: int, start: int | None) -> bool:
+    """True only when process ``pid`` (started at ``start``, if known) surely no longer
+    runs: no such pid, a zombie, or a different process that reuses the pid. When in doubt
+    (another user's process, no /proc, not POSIX): False."""
+    if os.name != "posix" or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return True
-    names = {p.name for p in entries}
-    return all(m in names for m in REPORT_MARKERS) and not any(p.is_dir() for p in entries)
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, ticks = stat
+    return state in ("Z", "X") or (start is not None and ticks != start)
+
+
+def _run_info() -> dict[str, Any]:
+    stat = _proc_stat(os.getpid())
+    return {"pid": os.getpid(), "token": secrets.token_hex(8), "start": stat[1] if stat else None,
+            "host": socket.gethostname()}
+
+
+def _remove_files(folder: Path) -> None:
+    """Unlink the files (not subfolders) directly in ``folder``, then the folder if empty."""
+    for entry in os.scandir(folder):
+        if not entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
+def _clear_report(folder: Path, listed: dict[str, Any]) -> list[str]:
+    """Delete the files of ``folder`` that manifest ``listed`` lists, unchanged, then the
+    manifest and the folder once nothing else is left; return the names left (not ours)."""
+    left = [n for n in sorted(os.listdir(folder)) if n != MANIFEST]
+    for name in list(left):
+        if manifest.is_listed(folder, name, listed):
+            os.unlink(folder / name)
+            left.remove(name)
+    if not left:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / MANIFEST)
+        os.rmdir(folder)
+    return left
+
+
+def remove_stale(out: Path) -> None:
+    """Remove the staging folders that killed runs left beside ``out`` (see the module doc)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.attnzoo-(\d+)-([0-9a-f]{{16}})\.(partial|old)")
+    try:
+        names = sorted(os.listdir(out.parent))
+    except OSError:
+        return
+    for entry in names:
+        m = pattern.fullmatch(entry)
+        folder = out.parent / entry
+        if m is None or folder.is_symlink() or not folder.is_dir():
+            continue
+        pid, token, kind = int(m[1]), m[2], m[3]
+        data = manifest.read(folder)
+        if data is None:
+            continue
+        run = data.get("run")
+        try:
+            if kind == "partial":
+                if not (isinstance(run, dict) and run.get("pid") == pid and run.get("token") == token
+                        and run.get("host") in (None, socket.gethostname())
+                        and process_gone(pid, run.get("start"))):
+                    continue
+                _remove_files(folder)
+                _say(f"removed {folder}, left by an earlier run (process {pid}) that was killed")
+            elif data.get("complete") is True and process_gone(pid, None):
+                if not os.path.lexists(out):
+                    os.rename(folder, out)
+                    _say(f"put back the earlier report {out}, set aside by a run (process {pid}) that was killed")
+                elif not _clear_report(folder, data):
+                    _say(f"removed {folder}, an old report set aside by a run (process {pid}) that was killed")
+        except OSError:
+            continue  # best effort: a folder that cannot be cleared stays as it is
 
 
 class Staging:
     """``Staging(out)`` checks ``out`` and creates the staging folder (``UsageError`` when
-    it cannot be written). ``path`` is where to write; ``commit()`` publishes it;
-    ``discard()`` removes everything this run created."""
+    ``out`` holds anything attnzoo did not write or cannot be written). ``path`` is where
+    to write; ``commit()`` publishes it; ``discard()`` removes everything this run created."""
 
     def __init__(self, out: str | os.PathLike[str]) -> None:
-        self.out = Path(os.path.abspath(os.path.expanduser(os.fspath(out))))
-        if not self.out.name:
+        given = os.path.expanduser(os.fspath(out))
+        self.shown = Path(os.path.abspath(given))  # the path as the user wrote it, for messages
+        self.where = where = f"--out {self.shown}"
+        if not self.shown.name:
             raise UsageError(f"--out {os.fspath(out)!r}: choose a folder below the file system root")
-        where = f"--out {self.out}"
-        if self.out.exists() or self.out.is_symlink():
+        if os.path.islink(self.shown) and not os.path.exists(self.shown):
+            raise UsageError(f"{where}: is a symbolic link to {os.readlink(self.shown)}, which does not exist")
+        self.out = Path(os.path.realpath(given))  # symlinks followed: we replace what they point to
+        if not self.out.name:
+            raise UsageError(f"{where}: points to the file system root; choose a folder below it")
+        self._kept = False
+        self._created: list[Path] = []
+        remove_stale(self.out)
+        if self.out.exists():
             if not self.out.is_dir():
                 raise UsageError(f"{where}: exists and is not a folder")
-            try:
-                report = _looks_like_report(self.out)
-            except OSError as exc:
-                raise UsageError(f"{where}: cannot be read ({exc.strerror})") from None
-            if not report:
-                raise UsageError(f"{where}: folder exists and is not an attnzoo report; "
-                                 "choose a new or empty folder (it would be replaced)")
+            foreign = self._foreign(UsageError)
+            if foreign is not None:
+                raise UsageError(f"{where}: not an attnzoo report: {foreign[0]} {foreign[1]}; "
+                                 "choose a new or empty folder (attnzoo replaces only its own reports)")
             if not os.access(self.out, os.W_OK | os.X_OK):
                 raise UsageError(f"{where}: folder is not writable")
         parent = self.out.parent
@@ -59,22 +172,29 @@ class Staging:
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise UsageError(f"{where}: {ancestor} is not a folder")
-        self._created: list[Path] = []
-        self._aside: Path | None = None
         missing = []
         p = parent
         while p != ancestor:
             missing.append(p)
             p = p.parent
+        self.run = _run_info()
+        self.path = parent / f".{self.out.name}.attnzoo-{self.run['pid']}-{self.run['token']}.partial"
         try:
             for folder in reversed(missing):
                 folder.mkdir()
                 self._created.append(folder)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent))
-            os.chmod(self.path, 0o777 & ~_UMASK)
+            self.path.mkdir()
+            manifest.write(self.path, self.run, complete=False)  # marks the folder as this run's
         except OSError as exc:
+            shutil.rmtree(self.path, ignore_errors=True)
             self._remove_created()
-            raise UsageError(f"{where}: cannot write in {parent} ({exc.strerror})") from None
+            raise UsageError(f"{where}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+    def _foreign(self, error: type[CommandError]) -> tuple[str, str] | None:
+        try:
+            return manifest.foreign_entry(self.out)
+        except OSError as exc:
+            raise error(f"{self.where}: cannot be read ({exc.strerror or exc})") from None
 
     def _remove_created(self) -> None:
         for folder in reversed(self._created):
@@ -83,29 +203,96 @@ class Staging:
         self._created = []
 
     def discard(self) -> None:
-        """Remove the staging folder (and a set-aside earlier report once the new one is in
-        place) and the parent folders this run created."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        if self._aside is not None and self.out.exists():
-            shutil.rmtree(self._aside, ignore_errors=True)
-        self._remove_created()
+        """Remove the staging folder and the parent folders this run created (not after
+        ``commit`` kept the report beside a changed ``out``)."""
+        if self._kept:
+            return
+        with interrupts_deferred():
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._remove_created()
 
     def commit(self) -> Path:
-        """Move the finished report to ``out`` (replacing an earlier report there)."""
-        if not (self.out.exists() or self.out.is_symlink()):
-            os.replace(self.path, self.out)
-            return self.out
-        aside = self._aside = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".old",
-                                                    dir=self.out.parent))
+        """Write the manifest and move the finished report to ``out``, replacing an earlier
+        report there; ``CommandError`` (report kept beside it) if ``out`` changed meanwhile.
+        Returns ``out`` as the user gave it."""
+        with interrupts_deferred():
+            manifest.write(self.path, {k: v for k, v in self.run.items() if k != "host"}, complete=True)
+            self._swap()
+        return self.shown
+
+    def _swap(self) -> None:
+        out = self.out
+        if not os.path.lexists(out):
+            try:
+                os.rename(self.path, out)  # fails if a file or a non-empty folder appeared there
+            except OSError as exc:
+                self._keep(f"something appeared there during the run ({exc.strerror})")
+            return
+        if out.is_symlink() or not out.is_dir():
+            self._keep("it is no longer a folder")
+        foreign = self._foreign(CommandError)
+        if foreign is not None:
+            self._keep(f"{foreign[0]} appeared during the run and {foreign[1]}")
+        old = manifest.read(out)  # None when the folder is empty
+        aside = out.parent / f".{out.name}.attnzoo-{self.run['pid']}-{self.run['token']}.old"
         try:
-            os.replace(self.out, aside)  # onto an empty folder: allowed
-        except BaseException:
+            aside.mkdir()
+            os.rename(out, aside)  # onto the empty folder: allowed
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                aside.rmdir()
+            self._keep(f"it cannot be moved ({exc.strerror})")
+        try:
+            os.rename(self.path, out)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.rename(aside, out)
+            self._keep(f"it cannot be replaced ({exc.strerror})")
+        try:
+            left = _clear_report(aside, old or {"files": {}})
+        except OSError as exc:
+            _say(f"the earlier report set aside in {aside} could not be removed ({exc.strerror})")
+            return
+        if left:
+            self._give_back(aside, left)
+
+    def _give_back(self, aside: Path, left: list[str]) -> None:
+        """Files that appeared in ``out`` between the last check and the swap went with
+        the old report: move them into the new ``out``, or keep them in a visible folder."""
+        clash = []
+        for name in left:
+            if os.path.lexists(self.out / name):
+                clash.append(name)
+            else:
+                os.rename(aside / name, self.out / name)
+        if not clash:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside / MANIFEST)
             aside.rmdir()
-            raise
+            _say(f"{left[0]} appeared in {self.shown} while the report was put in place; it is still there")
+            return
+        kept = self._visible(".attnzoo-old")
+        os.rename(aside, kept)
+        _say(f"{clash[0]} appeared in {self.shown} while the report was put in place; it was kept in {kept}")
+
+    def _visible(self, suffix: str) -> Path:
+        """Reserve a new, visible folder name beside ``out`` (``NAME{suffix}``, ``-2``, ...)."""
+        for i in range(1, 1000):
+            candidate = self.out.parent / f"{self.out.name}{suffix}{'' if i == 1 else f'-{i}'}"
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+        raise OSError(f"no free name like {self.out.name}{suffix} in {self.out.parent}")
+
+    def _keep(self, why: str) -> NoReturn:
+        """Refuse the swap: leave the finished report in a visible folder and say where."""
         try:
-            os.replace(self.path, self.out)
-        except BaseException:
-            os.replace(aside, self.out)
-            raise
-        shutil.rmtree(aside, ignore_errors=True)
-        return self.out
+            kept = self._visible(".attnzoo-new")
+            os.rename(self.path, kept)  # onto the empty folder just reserved
+        except OSError:
+            kept = self.path
+        self.path, self._kept = kept, True
+        raise CommandError(f"{self.where}: {why}; nothing in it was changed and the new report "
+                           f"was left in {kept}")

@@ -1,0 +1,210 @@
+"""See the weights of any ``F.scaled_dot_product_attention`` call, and of cached decoding steps.
+
+Fused attention kernels never return their weights. This file gives
+:class:`~attnzoo.AttentionRecorder` three pieces that make them visible without touching
+a model's code (the recorder wires them together inside its ``with`` block):
+
+* :class:`ModuleStack`: forward pre/post hooks on every module of a model keep the stack of
+  modules currently running, so a call can be named after the innermost module that made
+  it (``named_modules`` naming, e.g. ``"encoder.layer.0.attention.self"``).
+* :class:`SDPACapture`: a ``TorchFunctionMode`` that lets every
+  ``torch.nn.functional.scaled_dot_product_attention`` call run unchanged (the output IS the
+  original call's output, so it is bit-identical), then hands the call's arguments to a
+  callback. :func:`sdpa_weights` recomputes the weights of such a call with attnzoo's lean
+  path (:func:`attnzoo.functional.attention_weights`)::
+
+      query (*, H, L, E)   key (*, Hkv, S, E)   ->   weights (*, H, L, S)   [or (*, L, S) averaged]
+      = softmax(Q Kᵀ · scale + mask), mask polarity of torch: bool True = may attend,
+        float = added; is_causal top-left aligned; enable_gqa: query head h uses key head
+        h // (H / Hkv). Rows that may attend to nothing are 0 (torch's kernel gives NaN).
+
+  The weights are those before dropout (``dropout_p`` only changes the output).
+* :func:`patch_attend`: attnzoo's cached decoding (``attend_cached`` / ``attend_memory``)
+  calls ``MultiHeadAttention.attend`` directly, never ``forward``, so forward hooks do not
+  see it. An instance attribute ``attend`` (removed on exit) asks the original method for the
+  per-head weights and hands them to a callback, one record per decoding step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_mode, _push_mode
+from torch.utils.hooks import RemovableHandle
+
+from ..attention import MultiHeadAttention
+from ..functional import RowIndex, _row_index, attention_weights
+
+__all__ = ["SDPACall", "ModuleStack", "SDPACapture", "sdpa_weights", "weights_numel", "patch_attend"]
+
+
+def _sdpa_signature(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+                    dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+                    enable_gqa: bool = False) -> None:
+    """The signature of ``F.scaled_dot_product_attention`` (binds a call's arguments)."""
+
+
+_SIGNATURE = inspect.signature(_sdpa_signature)
+
+
+class SDPACall(NamedTuple):
+    """The arguments of one ``F.scaled_dot_product_attention`` call (value omitted)."""
+
+    query: Tensor  # (*, H, L, E)
+    key: Tensor  # (*, Hkv, S, E)
+    attn_mask: Tensor | None
+    is_causal: bool
+    scale: float | None
+    enable_gqa: bool
+
+    @classmethod
+    def bind(cls, args: tuple, kwargs: dict) -> SDPACall:
+        a = _SIGNATURE.bind(*args, **kwargs)
+        a.apply_defaults()
+        p = a.arguments
+        return cls(p["query"], p["key"], p["attn_mask"], bool(p["is_causal"]), p["scale"], bool(p["enable_gqa"]))
+
+
+def weights_numel(call: SDPACall, *, average_heads: bool, rows: RowIndex) -> int:
+    """Elements of the weights :func:`sdpa_weights` returns, known before computing them."""
+    q = call.query
+    L, S = q.size(-2), call.key.size(-2)
+    n_rows = L if rows is None else _row_index(rows, L, torch.device("cpu")).numel()
+    batch = q.shape[:-2] if not (average_heads and q.dim() >= 3) else q.shape[:-3]
+    return math.prod(batch) * n_rows * S
+
+
+def sdpa_weights(call: SDPACall, *, average_heads: bool = False, rows: RowIndex = None) -> Tensor:
+    """softmax(Q Kᵀ · scale + mask) of one SDPA call: (*, H, R, S), or (*, R, S) head-averaged.
+
+    ``R`` is the number of query ``rows`` chosen (all L by default), as ``weights_for``.
+    """
+    q, k, mask = call.query, call.key, call.attn_mask
+    if call.enable_gqa and q.dim() >= 3 and q.size(-3) != k.size(-3):
+        k = k.repeat_interleave(q.size(-3) // k.size(-3), dim=-3)  # (*, H, S, E)
+    if mask is not None and mask.dim() < 2:  # (S,) or a scalar: give it a row dim
+        mask = mask.reshape(1, -1)
+    average = average_heads and q.dim() >= 3
+    return attention_weights(q, k, mask, call.is_causal, call.scale, average_heads=average, rows=rows)
+
+
+class SDPACapture(TorchFunctionMode):
+    """While active (``with``), calls ``on_call(SDPACall)`` after every SDPA call has run.
+
+    The call itself runs first and unchanged; its output is returned as is. Everything
+    ``on_call`` computes runs with this mode switched off, so it is not intercepted again.
+    """
+
+    def __init__(self, on_call: Callable[[SDPACall], None]) -> None:
+        super().__init__()
+        self.on_call = on_call
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            self.on_call(SDPACall.bind(args, kwargs))
+        return out
+
+
+class ModuleStack:
+    """The modules of ``model`` now running, outermost first, kept by forward pre/post hooks.
+
+    ``top()`` is the innermost ``(name, module)`` or None outside the model's forward.
+    ``covered`` counts running modules whose attention is recorded some other way (attnzoo's
+    ``MultiHeadAttention`` and ``nn.MultiheadAttention``, recorded by their own hooks), so
+    their internal SDPA calls are not recorded a second time. While such a module runs,
+    ``mode`` (the recorder's :class:`SDPACapture`, once set) is switched off when it is the
+    innermost mode, so the module runs exactly as unrecorded: ``nn.MultiheadAttention``, for
+    one, leaves its fast path when it sees any torch-function mode.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[tuple[str, nn.Module, bool]] = []  # (name, module, mode switched off)
+        self.covered = 0
+        self.mode: TorchFunctionMode | None = None
+        self._handles: list[RemovableHandle] = []
+        try:
+            for name, module in model.named_modules():
+                # prepend: of nested recorders, the inner (newer) one switches its mode off first
+                self._handles.append(module.register_forward_pre_hook(self._push(name), prepend=True))
+                self._handles.append(module.register_forward_hook(self._pop, always_call=True))
+        except BaseException:
+            self.remove()
+            raise
+
+    def _push(self, name: str) -> Callable:
+        def pre(module: nn.Module, args: tuple) -> None:
+            covered = _covered(module)
+            off = covered and self.mode is not None and _get_current_function_mode() is self.mode
+            if off:
+                _pop_mode()
+            self.stack.append((name, module, off))
+            self.covered += covered
+        return pre
+
+    def _pop(self, module: nn.Module, args: tuple, output: Any) -> None:
+        for i in range(len(self.stack) - 1, -1, -1):  # normally the last entry
+            if self.stack[i][1] is module:
+                if self.stack[i][2]:
+                    _push_mode(self.mode)
+                self.covered -= _covered(module)
+                del self.stack[i]
+                return
+
+    def top(self) -> tuple[str, nn.Module] | None:
+        return self.stack[-1][:2] if self.stack else None
+
+    def running(self, module: nn.Module) -> bool:
+        return any(m is module for _, m, _ in self.stack)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.stack.clear()
+        self.covered = 0
+
+
+def _covered(module: nn.Module) -> bool:
+    return isinstance(module, (MultiHeadAttention, nn.MultiheadAttention))
+
+
+def patch_attend(module: MultiHeadAttention, stack: ModuleStack, want: Callable[[], bool],
+                 record: Callable[[Tensor], None]) -> Callable[[], None]:
+    """Make ``module.attend`` hand its per-head weights (B, H, L, S) to ``record``.
+
+    Only calls from outside the module's ``forward`` (cached decoding) are recorded, and only
+    while ``want()``; inside ``forward`` the recorder's forward hooks already record, so the
+    call passes through untouched. The caller still gets exactly what it asked for. Returns
+    the function that undoes the patch (restoring a previous instance attribute, if any).
+    """
+    previous = module.__dict__.get("attend")
+    inner = module.attend  # the bound method, or an outer recorder's patch
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False,
+               average_attn_weights: bool = True, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        if stack.running(module) or not want():
+            return inner(q, k, v, need_weights=need_weights, average_attn_weights=average_attn_weights, **kwargs)
+        stack.covered += 1  # its SDPA call is this record, not a second one
+        try:
+            out, weights = inner(q, k, v, need_weights=True, average_attn_weights=False, **kwargs)
+        finally:
+            stack.covered -= 1
+        record(weights)
+        return out, (None if not need_weights else weights.mean(dim=-3) if average_attn_weights else weights)
+
+    module.attend = attend
+
+    def undo() -> None:
+        if previous is None:
+            module.__dict__.pop("attend", None)
+        else:
+            module.attend = previous
+    return undo

@@ -1,0 +1,305 @@
+"""Put attention gates into an existing CNN without editing its code.
+
+>>> model = transformers.ResNetForImageClassification(config)        # any CNN
+>>> az.add_attention(model, "se", where="blocks", init="identity")   # SE-ResNet, in place
+>>> [name for name, gate in az.find_attention(model)]
+
+``add_attention(model, kind, where=..., init=..., **kwargs)`` builds one gate
+``create_attention(kind, C, **kwargs)`` per place (kind "se", "channel", "spatial" or
+"cbam"; C = the channel count at that place) and applies it to the output there:
+a forward hook on the module whose output is gated replaces that output ``y`` by
+``gate(y)``. Gates act on (B, C, H, W) feature maps. C is read without a forward pass:
+a module's own ``out_channels``/``num_features``/``out_features``, else those of its last
+registered layer that has one (for a residual branch, the nearest such module upstream of
+the addition); if that reading is wrong, the first forward fails naming the place.
+
+Where (``where=``):
+
+* ``"blocks"``: one gate on the residual branch of every residual block, just before the
+  addition: ``act(gate(F(x)) + shortcut(x))``, the SE-ResNet placement (Hu et al. 2018,
+  fig. 3). How blocks are found, in any architecture: every module that contains a
+  convolution is traced with ``torch.fx`` (its children kept opaque), and a module is a
+  residual block when its forward adds two tensors that both depend on its input, one of
+  them through more convolutions than the other (the branch; the other is the shortcut,
+  the input itself or a projection). The gate goes after the module that produces the
+  branch operand of the addition. This is the structure of a residual block whatever
+  its class or child names (it finds the blocks of ``transformers``' ResNet and
+  ConvNeXt, torchvision's and timm's layouts alike); names such as "shortcut" or
+  "downsample" were not used because a block without a projection often has no such
+  child at all (ConvNeXt, or torchvision's ``downsample=None``).
+* ``"convs"``: after every ``nn.Conv2d``: the "add SE after every convolution" of the
+  attention survey (which warns that it may overfit).
+* a callable ``(qualified name, module) -> bool``: after every selected module.
+
+Init (``init=``): ``"default"`` keeps the gate's own initialisation (the gate then scales
+features by about 0.5 at first, like an SE network trained from scratch). ``"identity"``
+makes every gate exactly the identity at insertion, so a trained network's outputs are
+unchanged bit for bit: the gate's last layer (``fc2`` of a channel gate, ``conv`` of a
+spatial gate) is zeroed and its sigmoid becomes ``2 * sigmoid``, whose value at 0 is
+exactly 1.0 (range (0, 2), the scaled sigmoid of NFNet's SE blocks). The zeroed layer
+gets a gradient at once (the others from the second step, as with any zero-initialised
+last layer), so the gates learn during fine-tuning.
+
+Where the gate lives: as a child ``attnzoo_gate`` of the gated module, so the original
+parameter names (and pretrained state dicts) are unchanged; when the gated module is a
+container whose forward would run a new child (``nn.Sequential``, ``ModuleList``,
+``ModuleDict``), the gate is a child of the nearest ancestor that is not one, named
+``attnzoo_gate_<path>``. ``find_attention(model)`` lists every attnzoo gate.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, fx, nn
+
+from .channel import ChannelAttention, SqueezeExcite
+from .factory import create_attention
+from .spatial import CBAM, SpatialAttention
+
+__all__ = ["add_attention", "find_attention", "ScaledSigmoid"]
+
+KINDS = ("se", "channel", "spatial", "cbam")
+INITS = ("default", "identity")
+GATE_TYPES = (SqueezeExcite, ChannelAttention, SpatialAttention, CBAM)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+class ScaledSigmoid(nn.Module):
+    """``scale * sigmoid(x)``; with scale 2 its value at 0 is exactly 1 (identity gate)."""
+
+    def __init__(self, scale: float = 2.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * torch.sigmoid(x)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+class _ApplyGate:
+    """Forward hook replacing a module's output ``y`` by ``gate(y)`` (picklable, deep-copyable)."""
+
+    def __init__(self, gate: nn.Module, place: str) -> None:
+        self.gate, self.place = gate, place
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        try:
+            return self.gate(output)
+        except (TypeError, ValueError) as e:  # say which place's gate, not only what went wrong
+            raise type(e)(f"the {type(self.gate).__name__} that add_attention put after {self.place!r}: {e}") from e
+
+
+def find_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every attnzoo gate in ``model`` (SE, channel, spatial, CBAM; a CBAM's parts are not
+    listed separately), as ``(qualified name, module)`` in ``named_modules`` order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if isinstance(m, GATE_TYPES) and not any(name.startswith(f"{g}.") for g, _ in found):
+            found.append((name, m))
+    return found
+
+
+def _own_channels(m: nn.Module) -> int | None:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.out_channels
+    if isinstance(m, nn.modules.batchnorm._NormBase):  # BatchNorm*, InstanceNorm*
+        return m.num_features
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    if isinstance(m, nn.LayerNorm):
+        return m.normalized_shape[-1]
+    return None
+
+
+def _out_channels(m: nn.Module) -> int | None:
+    """Channels of ``m``'s output: its own, else those of its last registered layer that has some."""
+    for sub in [m, *reversed(list(m.modules())[1:])]:
+        if (c := _own_channels(sub)) is not None:
+            return c
+    return None
+
+
+class _BranchError(ValueError):
+    """A residual branch was found but no gate can be attached to it."""
+
+
+class _Opaque(fx.Tracer):
+    """Trace one module's own forward: every submodule is a single opaque call."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+def _convs(m: nn.Module) -> int:
+    return sum(isinstance(s, nn.modules.conv._ConvNd) for s in m.modules())
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, todo = set(), [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
+def _branch_channels(block: nn.Module, node: fx.Node) -> int | None:
+    """Walk back from the branch operand to the nearest submodule with a channel count."""
+    while node.op != "placeholder":
+        if node.op == "call_module" and (c := _out_channels(block.get_submodule(node.target))) is not None:
+            return c
+        inputs = [a for a in node.all_input_nodes if a.op not in ("get_attr", "placeholder")]
+        if not inputs:
+            return None
+        node = inputs[-1] if node.op != "call_module" else inputs[0]
+    return None
+
+
+def _residual_branches(block: nn.Module) -> list[tuple[str, int | None]]:
+    """(submodule name of each residual branch's last module, its channels) in ``block``'s forward."""
+    graph = _Opaque().trace(block)
+    inputs = [n for n in graph.nodes if n.op == "placeholder"][:1]
+    found = []
+    for n in graph.nodes:
+        is_add = (n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))
+        sides = [a for a in n.args[:2] if isinstance(a, fx.Node)] if is_add else []
+        if len(sides) != 2 or not inputs:
+            continue
+        anc = [_ancestors(s) | {s} for s in sides]
+        if not all(inputs[0] in a for a in anc):
+            continue
+        convs = [sum(_convs(block.get_submodule(x.target)) for x in a - b if x.op == "call_module")
+                 for a, b in ((anc[0], anc[1]), (anc[1], anc[0]))]
+        if max(convs) == 0 or convs[0] == convs[1]:
+            continue
+        branch = sides[0] if convs[0] > convs[1] else sides[1]
+        if branch.op != "call_module":
+            raise _BranchError(
+                f"the residual branch of {type(block).__name__} ends in {branch.op} {branch.target!r}, "
+                "not in a module, so no gate can be attached before the addition; pass where= as a callable"
+            )
+        calls = sum(1 for x in graph.nodes if x.op == "call_module" and x.target == branch.target)
+        if calls > 1:
+            raise _BranchError(
+                f"{type(block).__name__}.{branch.target} ends a residual branch but is called {calls} times "
+                "in its forward; a gate after it would act on every call; pass where= as a callable"
+            )
+        found.append((branch.target, _branch_channels(block, branch)))
+    return found
+
+
+def _places(model: nn.Module, where: str | Callable[[str, nn.Module], bool]) -> list[tuple[str, int | None]]:
+    """(qualified name of each module whose output gets a gate, channel count)."""
+    gates = [name for name, _ in find_attention(model)]
+    modules = [(n, m) for n, m in model.named_modules() if not any(n == g or n.startswith(f"{g}.") for g in gates)]
+    if callable(where):
+        return [(n, _out_channels(m)) for n, m in modules if where(n, m)]
+    if where == "convs":
+        return [(n, m.out_channels) for n, m in modules if isinstance(m, nn.Conv2d)]
+    places, untraceable = [], []
+    for n, m in modules:
+        if isinstance(m, nn.modules.conv._ConvNd) or _convs(m) == 0:
+            continue
+        try:
+            branches = _residual_branches(m)
+        except _BranchError as e:
+            raise ValueError(f"add_attention(where='blocks'): block {n or type(m).__name__!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - fx cannot trace every forward; report them all
+            untraceable.append(f"{n or '<root>'} ({type(e).__name__})")
+            continue
+        places += [(f"{n}.{b}" if n else b, c) for b, c in branches]
+    if not places:
+        hint = f"; torch.fx could not trace: {', '.join(untraceable[:5])}" if untraceable else ""
+        raise ValueError(
+            f"add_attention(where='blocks') found no residual block in {type(model).__name__}: no module's "
+            f"forward adds a convolutional branch to its own input{hint}. "
+            "Use where='convs' or a callable (name, module) -> bool"
+        )
+    return places
+
+
+def _identity_init(gate: nn.Module) -> None:
+    for part in (gate.channel, gate.spatial) if isinstance(gate, CBAM) else (gate,):
+        last = part.conv if isinstance(part, SpatialAttention) else part.fc2
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.zero_()
+        part.gate_act = ScaledSigmoid(2.0)
+
+
+def _host(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """Module to own the gate of ``name`` and the child name: never a container (see module docstring)."""
+    parts = name.split(".") if name else []
+    for k in range(len(parts), -1, -1):
+        host = model.get_submodule(".".join(parts[:k]))
+        if not isinstance(host, _CONTAINERS):
+            rest = "_".join(parts[k:])
+            return host, f"attnzoo_gate_{rest}" if rest else "attnzoo_gate"
+    raise ValueError(f"cannot attach a gate after {name or '<root>'!r}: it and all its parents are containers "
+                     "(nn.Sequential/ModuleList/ModuleDict); wrap the model in a module first")
+
+
+def add_attention(
+    model: nn.Module,
+    kind: str,
+    *,
+    where: str | Callable[[str, nn.Module], bool] = "blocks",
+    init: str = "default",
+    **kwargs,
+) -> nn.Module:
+    """Insert a ``kind`` gate at every place ``where`` selects in ``model`` (in place); return ``model``.
+
+    Args:
+        model: any ``nn.Module`` whose feature maps are (B, C, H, W).
+        kind: "se", "channel", "spatial" or "cbam" (see ``create_attention``).
+        where: "blocks" (residual branch of every residual block, before the addition),
+            "convs" (after every ``nn.Conv2d``) or a callable ``(name, module) -> bool``.
+        init: "default" (the gate's own init) or "identity" (exact identity at insertion).
+        **kwargs: passed to the gate, e.g. ``reduction=16``, ``kernel_size=7``.
+
+    Raises ``ValueError`` naming what was not found (no residual block, no selected
+    module, a channel count that cannot be read) rather than returning an unchanged model.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(kind, str) or kind.lower() not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not callable(where) and where not in ("blocks", "convs"):
+        raise ValueError(f"where must be 'blocks', 'convs' or a callable (name, module) -> bool, got {where!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    places = _places(model, where)
+    if not places:
+        what = "no nn.Conv2d" if where == "convs" else "the callable selected no module"
+        raise ValueError(f"add_attention(where={where!r}) found nothing to gate in {type(model).__name__}: {what}")
+    for name, channels in places:
+        target = model.get_submodule(name)
+        if channels is None:
+            raise ValueError(f"cannot tell the channel count after {name!r} ({type(target).__name__}); "
+                             "select modules that end in a convolution or normalisation layer")
+        if any(isinstance(h, _ApplyGate) for h in target._forward_hooks.values()):
+            raise ValueError(f"{name!r} already has a gate from add_attention")
+    gates = []  # build every gate before touching the model, so a bad kwarg changes nothing
+    for name, channels in places:
+        target = model.get_submodule(name)
+        p = next(target.parameters(), None)
+        p = next(model.parameters(), None) if p is None else p
+        kw = {} if p is None else {"device": p.device, "dtype": p.dtype}
+        gates.append((create_attention(kind, channels, **kw, **kwargs), *_host(model, name)))
+        if init == "identity":
+            _identity_init(gates[-1][0])
+    for (name, _), (gate, host, child) in zip(places, gates):
+        host.add_module(child, gate)
+        model.get_submodule(name).register_forward_hook(_ApplyGate(gate, name))
+    return model
