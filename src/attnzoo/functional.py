@@ -330,7 +330,7 @@ def attention_weights(
     if n_rows <= block:  # one block: no loop, no buffers
         w = weights(0, n_rows, None)
         if average_heads:
-            w = w.sum(dim=-3).div_(heads) if inplace else w.sum(dim=-3) / heads  # (*, R, S) without heads
+            w = w.mean(dim=-3)  # (*, R, S) without the head dim
         return w.to(query.dtype)
     if grad:
         blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
