@@ -65,3 +65,19 @@ def test_cuda_generate_replays_a_graph_and_equals_uncached(monkeypatch):
     attn = model.decoder_layers[0].self_attn
     attn.attend = attn.attend  # a recorder's patch: decoding must stay eager
     assert torch.equal(model.generate(src, 20, bos_id=1, eos_id=2), a) and len(built) == 1
+
+
+def test_cuda_causal_tail_padding_and_bf16_weights(monkeypatch):
+    """The per-length causal route and the float32-accumulated half weights, on the GPU."""
+    import attnzoo.functional as AF
+
+    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, 2, 40, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = (torch.arange(40) < torch.tensor([40, 17, 0])[:, None])[:, None, None, :]
+    ref = attention_reference(q, k, v, mask, is_causal=True)
+    out = scaled_dot_product_attention(q.float().cuda(), k.float().cuda(), v.float().cuda(), mask.cuda(), is_causal=True)
+    torch.testing.assert_close(out.cpu().double(), ref, atol=2e-3, rtol=2e-3)
+    h = torch.full((1, 1, 2, 64), 100.0, device="cuda", dtype=torch.float16)
+    assert torch.equal(scaled_dot_product_attention(h, h, h, need_weights=True)[1].float().cpu(),
+                       torch.full((1, 1, 2, 2), 0.5))

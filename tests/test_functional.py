@@ -253,3 +253,16 @@ def test_bad_weights_for():
         scaled_dot_product_attention(q, k, v, need_weights=True, weights_for=torch.tensor([5]))
     with pytest.raises(TypeError, match="weights_for"):
         scaled_dot_product_attention(q, k, v, need_weights=True, weights_for=[0, 1])
+
+
+def test_causal_tail_padding_compiles_without_graph_breaks(monkeypatch):
+    """Under torch.compile the per-length route (a host sync) is skipped: one graph, same result."""
+    import shutil
+
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
+    q, k, v = qkv(B=2, H=2, L=6, S=6, E=4, Ev=4, dtype=torch.float32)
+    mask = (torch.arange(6) < torch.tensor([6, 3])[:, None])[:, None, None, :]
+    f = torch.compile(lambda q, k, v: scaled_dot_product_attention(q, k, v, mask, is_causal=True), fullgraph=True)
+    torch.testing.assert_close(f(q, k, v), attention_reference(q, k, v, mask, is_causal=True))

@@ -192,7 +192,8 @@ def _causal_masked_sdpa(
     in blocks of query rows, each seeing only the keys up to its last row.
     """
     L, S = q.size(-2), k.size(-2)
-    lengths = _tail_lengths(mask, q) if L * S >= _LENGTHS_MIN_ELEMENTS else None
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()  # no host sync in a graph
+    lengths = _tail_lengths(mask, q) if L * S >= _LENGTHS_MIN_ELEMENTS and not tracing else None
     if lengths is not None:
         return _per_length_causal_sdpa(q, k, v, lengths, p, scale)
     if L * S > _MASK_ELEMENTS:
