@@ -102,15 +102,19 @@ class _ChannelGate(nn.Module):
         self.fc2 = nn.Linear(hidden, channels, bias=True, **kw)
         self.gate_act = nn.Sigmoid()
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, owner: str | None = None) -> None:
+        """Rank, channel count and dtype; errors name ``owner`` (default: this class)."""
         if is_proxy(x):  # torch.fx.symbolic_trace: nothing to check on a Proxy
             return
-        name = type(self).__name__
+        name = owner or type(self).__name__
         cdim = check_feature_map("x", x, self.dims, name)
         if x.shape[cdim] != self.channels:
+            hint = ""
+            if cdim == 0 and self.dims > 1 and x.shape[1] == self.channels:
+                hint = f"; read as unbatched; a batched input with {self.dims - 1} spatial dims needs dims={self.dims - 1}"
             raise ValueError(
                 f"x must have {self.channels} channels (dim {cdim}) for this {name}, "
-                f"got {x.shape[cdim]} (shape {tuple(x.shape)})"
+                f"got {x.shape[cdim]} (shape {tuple(x.shape)}){hint}"
             )
         check_dtype_matches("x", x, self.fc1.weight.dtype, name)
 

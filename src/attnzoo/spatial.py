@@ -187,11 +187,13 @@ class CBAM(nn.Module):
 
     def gate(self, x: Tensor) -> Tensor:
         """Combined multiplicative factor in (0, 1), shape (B, C, H, W)."""
+        self.channel._check_input(x, type(self).__name__)
         channel_gate = self.channel.gate(x)
         return channel_gate * self.spatial.gate(x * channel_gate)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``spatial(channel(x))``, the shape of ``x``."""
+        self.channel._check_input(x, type(self).__name__)
         return self.spatial(self.channel(x))
 
     def __prepare_scriptable__(self) -> nn.Module:
