@@ -81,14 +81,17 @@ def check_spatial_dims(name: str, value: object) -> int:
     return value
 
 
-def is_proxy(x: object) -> bool:
-    """True for the ``torch.fx.Proxy`` values ``torch.fx.symbolic_trace`` passes in.
+def is_tracing(x: object) -> bool:
+    """True while ``torch.fx.symbolic_trace`` or ``torch.jit.trace`` records a forward.
 
-    A Proxy has no dtype, rank or sizes to check (asking records an op, and ``if`` on
-    the answer fails), so the modules skip their input checks while being traced; the
-    traced graph then runs the same ops as eager on real inputs, unchecked.
+    Under FX, ``x`` is a ``torch.fx.Proxy``: it has no dtype, rank or sizes to check
+    (asking records an op, and ``if`` on the answer fails). Under ``torch.jit.trace``,
+    sizes are traced tensors and every Python ``if`` on them is frozen into the graph
+    with a warning. So the modules skip their input checks and empty-size branches while
+    traced; the recorded graph runs the same ops as eager. ``torch.export`` and
+    ``torch.compile`` see real (fake) tensors and keep the checks.
     """
-    return isinstance(x, torch.fx.Proxy)
+    return isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing()
 
 
 def check_feature_map(name: str, x: object, dims: int, owner: str) -> int:

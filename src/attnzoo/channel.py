@@ -62,7 +62,7 @@ from ._checks import (
     check_feature_map,
     check_positive_int,
     check_spatial_dims,
-    is_proxy,
+    is_tracing,
     refuse_torchscript,
 )
 
@@ -104,7 +104,7 @@ class _ChannelGate(nn.Module):
 
     def _check_input(self, x: Tensor, owner: str | None = None) -> None:
         """Rank, channel count and dtype; errors name ``owner`` (default: this class)."""
-        if is_proxy(x):  # torch.fx.symbolic_trace: nothing to check on a Proxy
+        if is_tracing(x):  # FX / jit.trace: see attnzoo._checks.is_tracing
             return
         name = owner or type(self).__name__
         cdim = check_feature_map("x", x, self.dims, name)
@@ -121,13 +121,13 @@ class _ChannelGate(nn.Module):
     def _avg(self, x: Tensor) -> Tensor:
         """Spatial mean, keepdim: (B, C, 1, ...) or (C, 1, ...); 0 for an empty map."""
         spatial = tuple(range(-self.dims, 0))
-        if not is_proxy(x) and x.shape[-self.dims :].numel() == 0:
+        if not is_tracing(x) and x.shape[-self.dims :].numel() == 0:
             return x.sum(spatial, keepdim=True)  # zeros, still attached to x
         return x.mean(spatial, keepdim=True)
 
     def _max(self, x: Tensor) -> Tensor:
         """Spatial max, keepdim: (B, C, 1, ...) or (C, 1, ...); 0 for an empty map."""
-        if not is_proxy(x) and x.shape[-self.dims :].numel() == 0:
+        if not is_tracing(x) and x.shape[-self.dims :].numel() == 0:
             return x.sum(tuple(range(-self.dims, 0)), keepdim=True)
         pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[self.dims - 1]
         return pool(x, 1)

@@ -55,7 +55,7 @@ from ._checks import (
     check_feature_map,
     check_positive_int,
     check_spatial_dims,
-    is_proxy,
+    is_tracing,
     refuse_torchscript,
 )
 from .channel import ChannelAttention
@@ -115,7 +115,7 @@ class SpatialAttention(nn.Module):
     def gate(self, x: Tensor) -> Tensor:
         """Per-pixel weights in (0, 1), shape (B, 1, H, W) (or (B, 1, *spatial))."""
         cdim = -self.dims - 1  # the channel dim, batched or not
-        if is_proxy(x):  # torch.fx.symbolic_trace: no checks, no empty-size cases
+        if is_tracing(x):  # FX / jit.trace: no checks, no empty-size cases
             empty = False
         else:
             check_feature_map("x", x, self.dims, type(self).__name__)
