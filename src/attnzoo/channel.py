@@ -168,8 +168,9 @@ class SqueezeExcite(_ChannelGate):
         reduction: r; the hidden width is ``max(min_hidden, channels // reduction)``.
         min_hidden: lower bound on the hidden width (default 1, so never 0 units).
         dims: spatial dimensions of the input, 1, 2 (default) or 3.
-        device, dtype: for the parameters; inputs must have the same dtype (or run
-            under ``torch.autocast``).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must have the same dtype (or run under
+            ``torch.autocast``).
 
     Both linear layers have biases; see the module docstring for why.
     """
@@ -200,8 +201,9 @@ class ChannelAttention(_ChannelGate):
         reduction: r; the hidden width is ``max(min_hidden, channels // reduction)``.
         min_hidden: lower bound on the hidden width (default 1, so never 0 units).
         dims: spatial dimensions of the input, 1, 2 (default) or 3.
-        device, dtype: for the parameters; inputs must have the same dtype (or run
-            under ``torch.autocast``).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must have the same dtype (or run under
+            ``torch.autocast``).
 
     The MLP has biases, as in the official CBAM code (timm drops them); since the two
     outputs are summed, ``fc2.bias`` enters twice, as in that code.

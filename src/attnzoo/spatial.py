@@ -90,8 +90,9 @@ class SpatialAttention(nn.Module):
         kernel_size: k, a positive odd int (default 7, as in the paper).
         dims: spatial dimensions of the input, 1, 2 (default) or 3; picks
             ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d``.
-        device, dtype: for the parameters; inputs must have the same dtype (or run
-            under ``torch.autocast``).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must have the same dtype (or run under
+            ``torch.autocast``).
 
     There is no BatchNorm after the conv (the official code has one); see the module
     docstring.
@@ -163,8 +164,9 @@ class CBAM(nn.Module):
         kernel_size: k for the spatial conv, a positive odd int (default 7).
         min_hidden: lower bound on the channel MLP's hidden width (default 1).
         dims: spatial dimensions of the input, 1, 2 (default) or 3, for both gates.
-        device, dtype: for the parameters; inputs must have the same dtype (or run
-            under ``torch.autocast``).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must have the same dtype (or run under
+            ``torch.autocast``).
 
     See ``attnzoo.channel`` and this module's docstring for the bias and BatchNorm choices.
     """
