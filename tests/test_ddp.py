@@ -1,10 +1,12 @@
-"""Every module kind under DistributedDataParallel (gloo, 2 local processes) and activation
-checkpointing.
+"""Every module kind under DistributedDataParallel and FSDP2 (gloo, 2 local processes) and
+activation checkpointing.
 
 DDP: two processes on 127.0.0.1 each train on half of the batch for 2 SGD steps; DDP
 averages their gradients, which equals the gradient of the mean loss over the whole batch,
 so the final parameters must equal one process training on the whole batch. The workers
-are this file run as a script (``python tests/test_ddp.py RANK PORT OUT``).
+are this file run as a script (``python tests/test_ddp.py RANK PORT OUT_DIR``); they train
+once with DDP and once with FSDP2 (``fully_shard``, which shards the parameters across the
+processes); both must end where one process ends.
 
 Checkpointing: ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`` around each
 module gives the same output and gradients as the plain call, dropout included (the
@@ -20,6 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -81,18 +84,30 @@ def train(model: nn.Module, rows: slice) -> None:
         opt.step()
 
 
-def worker(rank: int, port: int, out: str) -> None:
+def worker(rank: int, port: int, out_dir: str) -> None:
+    """Train with DDP, then with FSDP2 where available; rank 0 saves each final state dict."""
     import torch.distributed as dist
+    from torch.distributed import fsdp
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
     try:
-        model = DistributedDataParallel(build())
-        per_rank = BATCH // WORLD
-        train(model, slice(rank * per_rank, (rank + 1) * per_rank))
+        model = build()
+        train(DistributedDataParallel(model), rows)
         if rank == 0:
-            torch.save(model.module.state_dict(), out)
+            torch.save(model.state_dict(), Path(out_dir) / "ddp.pt")
+        if hasattr(fsdp, "fully_shard"):  # FSDP2, torch>=2.6
+            from torch.distributed.device_mesh import init_device_mesh
+
+            model, mesh = build(), init_device_mesh("cpu", (WORLD,))
+            for part in (model.cbam, model.mha, model.encoder, model):  # a gate, attention, a layer, the rest
+                fsdp.fully_shard(part, mesh=mesh)
+            train(model, rows)
+            state = {k: v.full_tensor() for k, v in model.state_dict().items()}  # gather the shards
+            if rank == 0:
+                torch.save(state, Path(out_dir) / "fsdp.pt")
     finally:
         dist.destroy_process_group()
 
@@ -103,8 +118,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    out = tmp_path / "rank0.pt"
+@pytest.fixture(scope="module")
+def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the two workers once (about the cost of two torch imports) for both tests."""
+    out = tmp_path_factory.mktemp("distributed")
     src = str(Path(az.__file__).resolve().parents[1])  # the attnzoo under test, in the workers too
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
            "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
@@ -115,21 +132,35 @@ def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path: Path) 
     logs = []
     for p in procs:
         try:
-            logs.append(p.communicate(timeout=120)[0])
+            logs.append(p.communicate(timeout=180)[0])
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             raise
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    return out
 
+
+def compare_with_one_process(saved: Path) -> None:
     single = build()
     before = {k: v.clone() for k, v in single.state_dict().items()}
     train(single, slice(None))
-    got = torch.load(out)
+    got = torch.load(saved)
     assert got.keys() == before.keys()
     for name, value in single.state_dict().items():
         assert not torch.equal(value, before[name]), f"{name} did not train"  # every module took part
         torch.testing.assert_close(got[name], value, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_ddp_two_processes_equal_one_process_on_the_whole_batch(distributed_results: Path) -> None:
+    compare_with_one_process(distributed_results / "ddp.pt")
+
+
+def test_fsdp2_two_processes_equal_one_process_on_the_whole_batch(distributed_results: Path) -> None:
+    """FSDP2 (``fully_shard``) on CPU with gloo: parameters sharded across the 2 processes."""
+    if not (distributed_results / "fsdp.pt").exists():
+        pytest.skip("torch.distributed.fsdp.fully_shard needs torch>=2.6")
+    compare_with_one_process(distributed_results / "fsdp.pt")
 
 
 # ------------------------------------------------------------------------- checkpointing
