@@ -194,3 +194,21 @@ def test_compile_fullgraph_on_other_ranks(dims: int, batched: bool) -> None:
     compiled = torch.compile(m, fullgraph=True, dynamic=False, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------- torch.func, autograd
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_jvp_and_double_backward(name: str) -> None:
+    """vmap over samples (each call unbatched) equals the batched call; forward-mode jvp
+    equals the Jacobian from reverse mode; second derivatives pass gradgradcheck."""
+    torch.manual_seed(0)
+    m = gate(name, dtype=torch.float64)
+    x = fmap(2, batch=3).double()
+    torch.testing.assert_close(torch.func.vmap(m)(x), m(x))
+    t = torch.randn_like(x[:1])
+    _, tangent = torch.func.jvp(m, (x[:1],), (t,))
+    jac = torch.autograd.functional.jacobian(m, x[:1])  # (out..., in...)
+    torch.testing.assert_close(tangent, (jac.flatten(x.dim()) @ t.flatten()).view_as(tangent))
+    assert torch.autograd.gradgradcheck(m, (x[:1, :, :3, :3].clone().requires_grad_(),))
