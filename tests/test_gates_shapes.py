@@ -167,6 +167,18 @@ def test_two_d_state_dict_layout_is_unchanged() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_modules_pickled_before_dims_existed_still_run(name: str) -> None:
+    """torch.save(module) of an earlier release restores a __dict__ without ``dims``."""
+    m = build(name, 2)
+    x = rand(2, C, 5, 4)
+    expected = m(x)
+    for sub in m.modules():
+        sub.__dict__.pop("dims", None)
+    torch.testing.assert_close(m(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(m(x[0]), expected[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize(
     ("dims", "shape", "pattern"),
     [

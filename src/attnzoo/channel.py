@@ -80,6 +80,8 @@ def hidden_width(channels: int, reduction: int, min_hidden: int = 1) -> int:
 class _ChannelGate(nn.Module):
     """Shared parts: argument checks, the C -> hidden -> C MLP and the sigmoid."""
 
+    dims: int = 2  # class default: modules pickled whole before ``dims`` existed still run
+
     def __init__(
         self,
         channels: int,

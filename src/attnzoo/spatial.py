@@ -98,6 +98,8 @@ class SpatialAttention(nn.Module):
     docstring.
     """
 
+    dims: int = 2  # class default: modules pickled whole before ``dims`` existed still run
+
     def __init__(
         self,
         kernel_size: int = 7,
