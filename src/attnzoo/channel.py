@@ -113,7 +113,8 @@ class _ChannelGate(nn.Module):
         if x.shape[cdim] != self.channels:
             hint = ""
             if cdim == 0 and self.dims > 1 and x.shape[1] == self.channels:
-                hint = f"; read as unbatched; a batched input with {self.dims - 1} spatial dims needs dims={self.dims - 1}"
+                lower = self.dims - 1
+                hint = f"; read as unbatched; a batched input with {lower} spatial dims needs dims={lower}"
             raise ValueError(
                 f"x must have {self.channels} channels (dim {cdim}) for this {name}, "
                 f"got {x.shape[cdim]} (shape {tuple(x.shape)}){hint}"
