@@ -64,3 +64,6 @@ def test_api_reference_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     page = (tmp_path / "site" / "api" / "gates" / "index.html").read_text()
     assert "SqueezeExcite" in page and "kernel_size" in page  # the docstrings were rendered
+    record = (tmp_path / "site" / "api" / "record" / "index.html").read_text()
+    # docs/griffe_doctests.py: bare ">>>" examples become code, not prose with link syntax
+    assert '<code class="language-python">&gt;&gt;&gt; import torch, attnzoo as az' in record
