@@ -88,6 +88,23 @@ def _unpack(buf: Tensor, *shapes: torch.Size) -> list[Tensor]:
     return out
 
 
+def _pack_kv(k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+    """k, v (B, Hkv, N, hs) and the key mask (B, N) in one message.
+
+    The mask always travels (1 / (2·Hkv·hs) of the message), so that every rank sends the
+    same sizes even when only some shards have padding.
+    """
+    B, N = k.size(0), k.size(2)
+    km = k.new_ones(B, N) if key_mask is None else key_mask.to(k.dtype)
+    return _pack(k, v, km)
+
+
+def _unpack_kv(buf: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor | None]:
+    k, v, km = _unpack(buf, shape, shape, torch.Size((shape[0], shape[2])))
+    km = km > 0.5  # (B, N) True = may attend
+    return k, v, None if bool(km.all()) else km
+
+
 def _blocks(layout: ShardLayout, rank: int, src: int, causal: bool, rows_per: int):
     """Yield (local row range, local key range, global key range, causal diag) pairs to compute."""
     q_off = k_off = 0
@@ -132,13 +149,11 @@ class _RingAttention(torch.autograd.Function):
         m = qg.new_full((B, Hkv, H // Hkv, N, 1), float("-inf"))  # running row max
         l = qg.new_zeros((B, Hkv, H // Hkv, N, 1))  # Σ exp(s - m)
         rows_per = max(1, _BLOCK_ELEMENTS // (B * H * layout.local_length))
-        shapes = (k.shape, v.shape) + (() if key_mask is None else (key_mask.shape,))
-        kv = _pack(k, v, *(() if key_mask is None else (key_mask.to(k.dtype),)))
+        kv = _pack_kv(k, v, key_mask)
         for step in range(ring.world):
             src = (ring.rank - step) % ring.world
             pending = ring.exchange(kv) if step < ring.world - 1 else None  # overlaps the compute below
-            k_s, v_s, *km = _unpack(kv, *shapes)
-            km = km[0] > 0.5 if km else None
+            k_s, v_s, km = _unpack_kv(kv, k.shape)
             for rows, keys, gkeys, diag in _blocks(layout, ring.rank, src, causal, rows_per):
                 r = slice(*rows)
                 _forward_block(qg[..., r, :], k_s[:, :, None, keys[0]:keys[1]], v_s[:, :, None, keys[0]:keys[1]],
@@ -166,14 +181,12 @@ class _RingAttention(torch.autograd.Function):
         lse = lse.masked_fill(lse.isneginf(), 0.0)  # empty rows: every score is -inf, p = 0
         dq = torch.zeros_like(qg)
         rows_per = max(1, _BLOCK_ELEMENTS // (B * H * layout.local_length))
-        shapes = (k.shape, v.shape) + (() if key_mask is None else (key_mask.shape,))
-        kv = _pack(k, v, *(() if key_mask is None else (key_mask.to(k.dtype),)))
+        kv = _pack_kv(k, v, key_mask)
         travelling = None  # dk/dv accumulators of the shard held, on their way round
         for step in range(ring.world):
             src = (ring.rank - step) % ring.world
             pending = ring.exchange(kv) if step < ring.world - 1 else None
-            k_s, v_s, *km = _unpack(kv, *shapes)
-            km = km[0] > 0.5 if km else None
+            k_s, v_s, km = _unpack_kv(kv, k.shape)
             dk, dv = torch.zeros_like(k), torch.zeros_like(v)  # (B, Hkv, N, hs): this rank's part
             for rows, keys, gkeys, diag in _blocks(layout, ring.rank, src, ctx.causal, rows_per):
                 r, c = slice(*rows), slice(*keys)
