@@ -77,10 +77,15 @@ def train(group: dist.ProcessGroup | None = None, steps: int = 5, length: int = 
         loss = F.cross_entropy(logits[:, real].flatten(0, 1), y[:, real].flatten(), reduction="sum") / (batch * length)
         opt.zero_grad()
         loss.backward()
-        for p in model.parameters():  # the loss is the sum of every rank's part
-            dist.all_reduce(p.grad, group=group)
-        total = loss.detach().clone()
-        dist.all_reduce(total, group=group)
+        # The loss is the sum of every rank's part: sum the gradients (and the loss) over the
+        # ranks, in one message.
+        params = list(model.parameters())
+        flat = torch.cat([loss.detach().reshape(1)] + [p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, group=group)
+        total, i = flat[0], 1
+        for p in params:
+            p.grad.copy_(flat[i:i + p.numel()].view_as(p))
+            i += p.numel()
         opt.step()
 
         ref_logits = reference(inputs, torch.arange(length))  # (B, L, vocab)
