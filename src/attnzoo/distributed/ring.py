@@ -37,7 +37,7 @@ from .zigzag import ShardLayout
 
 __all__ = ["ring_attention", "RING_STATS", "reset_ring_stats"]
 
-# Scores computed at once per block of query rows (per all batch and head dims).
+# At most this many scores at once (all batch and head dims together).
 _BLOCK_ELEMENTS = 1 << 21
 # What this process sent round the ring since the last reset_ring_stats().
 RING_STATS = {"bytes_sent": 0, "messages": 0}
@@ -105,6 +105,12 @@ def _unpack_kv(buf: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor, Tensor |
     return k, v, None if bool(km.all()) else km
 
 
+def _rows_per_block(B: int, H: int, N: int, hs: int) -> int:
+    """Query rows per block: 2·hs rows against a key chunk of at most N keys keeps each block's
+    scores within 2x the size of the local q, so memory per rank stays O(N·H·hs)."""
+    return max(1, min(2 * hs, _BLOCK_ELEMENTS // (B * H * N)))
+
+
 def _blocks(layout: ShardLayout, rank: int, src: int, causal: bool, rows_per: int):
     """Yield (local row range, local key range, global key range, causal diag) pairs to compute."""
     q_off = k_off = 0
@@ -148,7 +154,7 @@ class _RingAttention(torch.autograd.Function):
         acc = torch.zeros_like(qg)  # Σ exp(s - m) v
         m = qg.new_full((B, Hkv, H // Hkv, N, 1), float("-inf"))  # running row max
         l = qg.new_zeros((B, Hkv, H // Hkv, N, 1))  # Σ exp(s - m)
-        rows_per = max(1, _BLOCK_ELEMENTS // (B * H * layout.local_length))
+        rows_per = _rows_per_block(B, H, layout.local_length, hs)
         kv = _pack_kv(k, v, key_mask)
         for step in range(ring.world):
             src = (ring.rank - step) % ring.world
@@ -180,7 +186,7 @@ class _RingAttention(torch.autograd.Function):
         D = (do * out).sum(-1, keepdim=True)  # (B, Hkv, G, N, 1)
         lse = lse.masked_fill(lse.isneginf(), 0.0)  # empty rows: every score is -inf, p = 0
         dq = torch.zeros_like(qg)
-        rows_per = max(1, _BLOCK_ELEMENTS // (B * H * layout.local_length))
+        rows_per = _rows_per_block(B, H, layout.local_length, hs)
         kv = _pack_kv(k, v, key_mask)
         travelling = None  # dk/dv accumulators of the shard held, on their way round
         for step in range(ring.world):
@@ -207,12 +213,12 @@ class _RingAttention(torch.autograd.Function):
 def _forward_block(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
                    acc: Tensor, m: Tensor, l: Tensor) -> None:
     """Merge one block into the running accumulators, in place (online softmax)."""
-    s = q @ k.transpose(-2, -1) * scale  # (B, Hkv, G, R, C)
+    s = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, Hkv, G, R, C); in place from here on
     if allowed is not None:
-        s = s.masked_fill(~allowed, float("-inf"))
+        s.masked_fill_(~allowed, float("-inf"))
     m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (B, Hkv, G, R, 1)
     shift = m_new.masked_fill(m_new.isneginf(), 0.0)  # nothing seen yet: any finite shift
-    p = torch.exp(s - shift)  # masked scores give exactly 0
+    p = s.sub_(shift).exp_()  # masked scores give exactly 0
     alpha = torch.exp(m - shift)
     l.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
     acc.mul_(alpha).add_(p @ v)  # (B, Hkv, G, R, hs)
@@ -222,12 +228,12 @@ def _forward_block(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scal
 def _backward_block(q: Tensor, k: Tensor, v: Tensor, do: Tensor, D: Tensor, lse: Tensor,
                     allowed: Tensor | None, scale: float, dq: Tensor, dk: Tensor, dv: Tensor) -> None:
     """Add one block's gradients to dq (B, Hkv, G, R, hs) and dk, dv (B, Hkv, C, hs), in place."""
-    s = q @ k.transpose(-2, -1) * scale  # (B, Hkv, G, R, C)
+    s = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, Hkv, G, R, C); in place from here on
     if allowed is not None:
-        s = s.masked_fill(~allowed, float("-inf"))
-    p = torch.exp(s - lse)  # the final softmax weights of this block
+        s.masked_fill_(~allowed, float("-inf"))
+    p = s.sub_(lse).exp_()  # the final softmax weights of this block
     dv.add_((p.transpose(-2, -1) @ do).sum(dim=2))  # (B, Hkv, C, hs), summed over the group
-    ds = p * (do @ v.transpose(-2, -1) - D)  # (B, Hkv, G, R, C)
+    ds = (do @ v.transpose(-2, -1)).sub_(D).mul_(p)  # (B, Hkv, G, R, C)
     dq.add_(ds @ k, alpha=scale)
     dk.add_((ds.transpose(-2, -1) @ q).sum(dim=2), alpha=scale)
 
