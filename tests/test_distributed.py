@@ -265,3 +265,42 @@ def test_example_without_torchrun_exits_2_with_one_line(monkeypatch, capsys):
     assert long_context.main(["--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: launch with torchrun")
+
+
+# ------------------------------------------------------------------------------ the docs
+DOCS = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_docs_figure_and_example_output_are_current():
+    from attnzoo.distributed.zigzag import diagram
+
+    text = (DOCS / "distributed.md").read_text()
+    assert diagram(4) in text
+    # the example's output, as its documented run wrote it (torchrun ... > docs/bench/long_context.txt)
+    run = (DOCS / "bench" / "long_context.txt").read_text().strip()
+    assert run.startswith("1001 tokens on 2 processes") and run in text
+
+
+def test_performance_table_comes_from_the_committed_results():
+    from attnzoo.distributed.bench import format_table, ring_bytes
+
+    res = json.loads((DOCS / "bench" / "distributed.json").read_text())
+    assert format_table(res["rows"]) in (DOCS / "performance.md").read_text()
+    assert res["command"] in (DOCS / "performance.md").read_text()
+    for row in res["rows"]:  # the formula, the counter and the benchmark agree
+        assert row["bytes_sent"] == row["bytes_analytic"]
+        if not row["fused"]:
+            assert row["bytes_analytic"] == ring_bytes(1, row["heads"], row["local_length"], row["head_dim"], 4, row["P"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ranks", "1,x"], "error: --ranks must be comma-separated positive ints, got '1,x'"),
+    (["--ranks", "0"], "error: --ranks must be comma-separated positive ints, got '0'"),
+    (["--length", "100", "--ranks", "1,4"], "error: --length must be a multiple of 2·P for every P in [1, 4], got 100"),
+    (["--heads", "0"], "error: --heads must be >= 1, got 0"),
+])
+def test_bench_bad_values_exit_2_with_one_line(argv, message, capsys):
+    from attnzoo.distributed.bench import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err == message + "\n"

@@ -155,11 +155,11 @@ class _RingAttention(torch.autograd.Function):
         m = qg.new_full((B, Hkv, H // Hkv, N, 1), float("-inf"))  # running row max
         l = qg.new_zeros((B, Hkv, H // Hkv, N, 1))  # Σ exp(s - m)
         rows_per = _rows_per_block(B, H, layout.local_length, hs)
-        kv = _pack_kv(k, v, key_mask)
+        kv = _pack_kv(k, v, key_mask) if ring.world > 1 else None  # one process: nothing travels
         for step in range(ring.world):
             src = (ring.rank - step) % ring.world
             pending = ring.exchange(kv) if step < ring.world - 1 else None  # overlaps the compute below
-            k_s, v_s, km = _unpack_kv(kv, k.shape)
+            k_s, v_s, km = _unpack_kv(kv, k.shape) if kv is not None else (k, v, key_mask)
             for rows, keys, gkeys, diag in _blocks(layout, ring.rank, src, causal, rows_per):
                 r = slice(*rows)
                 _forward_block(qg[..., r, :], k_s[:, :, None, keys[0]:keys[1]], v_s[:, :, None, keys[0]:keys[1]],
@@ -187,19 +187,19 @@ class _RingAttention(torch.autograd.Function):
         lse = lse.masked_fill(lse.isneginf(), 0.0)  # empty rows: every score is -inf, p = 0
         dq = torch.zeros_like(qg)
         rows_per = _rows_per_block(B, H, layout.local_length, hs)
-        kv = _pack_kv(k, v, key_mask)
+        kv = _pack_kv(k, v, key_mask) if ring.world > 1 else None  # one process: nothing travels
         travelling = None  # dk/dv accumulators of the shard held, on their way round
         for step in range(ring.world):
             src = (ring.rank - step) % ring.world
             pending = ring.exchange(kv) if step < ring.world - 1 else None
-            k_s, v_s, km = _unpack_kv(kv, k.shape)
-            dk, dv = torch.zeros_like(k), torch.zeros_like(v)  # (B, Hkv, N, hs): this rank's part
+            k_s, v_s, km = _unpack_kv(kv, k.shape) if kv is not None else (k, v, key_mask)
+            grads = k.new_zeros(2 * k.numel())  # this rank's part, one message: no packing copy
+            dk, dv = _unpack(grads, k.shape, v.shape)  # (B, Hkv, N, hs) views
             for rows, keys, gkeys, diag in _blocks(layout, ring.rank, src, ctx.causal, rows_per):
                 r, c = slice(*rows), slice(*keys)
                 _backward_block(qg[..., r, :], k_s[:, :, None, c], v_s[:, :, None, c], do[..., r, :], D[..., r, :],
                                 lse[..., r, :], _allowed(km, attn_mask, rows, keys, gkeys, diag, q.device), scale,
                                 dq[..., r, :], dk[:, :, c], dv[:, :, c])
-            grads = _pack(dk, dv)
             if travelling is not None:  # the other ranks' contributions for this shard so far
                 grads += ring.wait(travelling)
             travelling = ring.exchange(grads, tag=1) if ring.world > 1 else (None, grads)

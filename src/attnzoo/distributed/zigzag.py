@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .._checks import check_positive_int
 
-__all__ = ["ShardLayout", "padded_length", "shard", "shard_attn_mask", "unshard"]
+__all__ = ["ShardLayout", "diagram", "padded_length", "shard", "shard_attn_mask", "unshard"]
 
 
 def padded_length(length: int, world: int, zigzag: bool = True) -> int:
@@ -141,3 +141,47 @@ def unshard(x_local: Tensor, length: int, group: dist.ProcessGroup | None = None
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
     return gathered.index_select(dim, inverse[:length].to(x_local.device))
+
+
+def diagram(world: int) -> str:
+    """ASCII picture of the zigzag order, the causal work per rank and the ring, for ``world`` ranks.
+
+    One column per chunk (2·world chunks); docs/distributed.md shows ``diagram(4)``.
+    """
+    P = check_positive_int("world", world)
+    layout = ShardLayout(2 * P, P)  # one position per chunk
+    owner = {a: r for r in range(P) for a, _ in layout.chunks(r)}
+    cols = range(2 * P)
+    lines = ["sequence, cut into 2P chunks, and the rank holding each (zigzag: rank r holds r and 2P-1-r):",
+             "",
+             "    chunk " + "".join(f"{c:>3}" for c in cols),
+             "    rank  " + "".join(f"{owner[c]:>3}" for c in cols),
+             "",
+             "causal attention, chunk by chunk: the rank that computes each (query, key) block",
+             "('.': hidden by the causal mask, never computed):",
+             "",
+             "            key chunk",
+             "    query " + "".join(f"{c:>3}" for c in cols)]
+    work = [0] * P
+    for qc in cols:
+        cells = []
+        for kc in cols:
+            if kc <= qc:
+                work[owner[qc]] += 1 if kc < qc else 0.5  # a diagonal block is half visible
+            cells.append(f"{owner[qc]:>3}" if kc <= qc else "  .")
+        lines.append(f"    {qc:>5} " + "".join(cells))
+    lines += ["", "    work per rank (blocks, a diagonal one counts 1/2): "
+              + ", ".join(f"rank {r}: {w:g}" for r, w in enumerate(work)),
+              "    with contiguous shards (rank r holding chunks 2r, 2r+1) it would be: "
+              + ", ".join(f"rank {r}: {2 * r + 0.5 + 2 * r + 1.5:g}" for r in range(P)),
+              "",
+              "the ring: each step, every rank passes the k/v it holds to the next rank",
+              "",
+              "    " + " -> ".join(f"rank {r}" for r in range(P)) + (" -> rank 0" if P > 1 else ""),
+              ""]
+    lines.append("    step  " + "".join(f"   rank {r} holds" for r in range(P)))
+    for s in range(P):
+        lines.append(f"    {s:>4}  " + "".join(f"{'k/v of ' + str((r - s) % P):>15}" for r in range(P)))
+    lines += ["", "backward: the same ring again; the k/v shards carry their dk/dv accumulators along,",
+              f"and after {P} hops the accumulators are back with their owner, complete."]
+    return "\n".join(lines)
