@@ -1,6 +1,6 @@
 """Scaling of ring attention: per-rank memory, time and bytes sent for P = 1, 2, 4 ranks.
 
-    python -m attnzoo.distributed.bench [--length 8192] [--ranks 1,2,4] [--json FILE]
+    python -m attnzoo.distributed.bench [--length 8192] [--ranks 1,2,4] [--layers 2] [--json FILE]
 
 For each P, P fresh processes (gloo on 127.0.0.1) each hold one zigzag shard of a
 sequence of ``--length`` tokens, q (1, H, L/P, hs), k, v (1, H, L/P, hs) float32, and
@@ -13,8 +13,12 @@ a warm-up on a tiny input. Per rank it records:
 * bytes this rank sent round the ring (:data:`~attnzoo.distributed.RING_STATS`), next to
   the analytic volume :func:`ring_bytes`.
 
-A row "P=1, one process, fused" runs attnzoo's single-process path (torch's fused
-kernel, no ring) on the whole sequence, for reference. Every process uses ONE thread,
+With ``--layers n`` (default 2) the same is measured for a stack of n
+``TransformerEncoderLayer`` (E = H·hs, feed-forward 4E, causal) switched by
+:func:`~attnzoo.distributed.context_parallel`, on x (1, L/P, E): there the activations
+every layer keeps for the backward dominate, and the ring's transient buffers (one layer's
+at a time) matter less. A row "P=1, one process, fused" runs attnzoo's single-process
+path (torch's fused kernel, no ring) on the whole sequence, for reference. Every process uses ONE thread,
 so P=1 is one core's work; on a machine with fewer cores than P the ranks share cores
 and time stops falling: the memory and the bytes are the point.
 """
@@ -74,21 +78,37 @@ def _rank(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: str) 
     from attnzoo.distributed import RING_STATS, ShardLayout, reset_ring_stats, ring_attention
     from attnzoo.functional import scaled_dot_product_attention
 
+    from attnzoo import TransformerEncoderLayer
+    from attnzoo.distributed import context_parallel
+
     torch.set_num_threads(spec["threads"])
     L, H, hs = spec["length"], spec["heads"], spec["head_dim"]
-    fused = spec["fused"]
+    fused, layers = spec["fused"], spec["layers"]
     if not fused:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     g = torch.Generator().manual_seed(rank)
+    E = H * hs
+    if layers:  # a stack of Transformer layers, context-parallel unless fused
+        torch.manual_seed(0)
+        model = torch.nn.ModuleList(TransformerEncoderLayer(E, H, 4 * E, dropout=0.0) for _ in range(layers))
+        if not fused:
+            context_parallel(model)
 
     def inputs(n: int) -> list[torch.Tensor]:
+        if layers:
+            return [torch.randn(1, n, E, generator=g).requires_grad_(), torch.randn(1, n, E, generator=g)]
         return [torch.randn(1, H, n, hs, generator=g).requires_grad_() for _ in range(3)] + [torch.randn(1, H, n, hs)]
 
-    def step(q, k, v, dout) -> None:
-        if fused:
-            out = scaled_dot_product_attention(q, k, v, is_causal=True)
+    def step(*args: torch.Tensor) -> None:
+        if layers:
+            out, dout = args
+            for layer in model:
+                out = layer(out, is_causal=True)
+        elif fused:
+            out, dout = scaled_dot_product_attention(*args[:3], is_causal=True), args[3]
         else:
-            out = ring_attention(q, k, v, ShardLayout(q.size(2) * world, world), is_causal=True)
+            out = ring_attention(*args[:3], ShardLayout(args[0].size(2) * world, world), is_causal=True)
+            dout = args[3]
         out.backward(dout)
 
     step(*inputs(max(2, 256 // world)))  # warm-up: kernels, thread pool, gloo connections
@@ -111,19 +131,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_row(P: int, length: int, heads: int, head_dim: int, fused: bool = False) -> dict[str, Any]:
-    """Launch P fresh processes and return the row (max over ranks, and per rank)."""
+def run_row(P: int, length: int, heads: int, head_dim: int, fused: bool = False, layers: int = 0) -> dict[str, Any]:
+    """Launch P fresh processes and return the row (max over ranks, and per rank).
+
+    ``layers=0``: one ring attention call; ``layers>0``: that many TransformerEncoderLayers.
+    """
     threads = 1  # per process, for every P: the ranks of one row never compete for threads
-    spec = {"length": length, "heads": heads, "head_dim": head_dim, "threads": threads, "fused": fused}
+    spec = {"length": length, "heads": heads, "head_dim": head_dim, "threads": threads, "fused": fused,
+            "layers": layers}
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_rank, args=(P, _free_port(), spec, tmp), nprocs=P, join=True, start_method="spawn")
         ranks = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(P)]
     return {
-        "P": P, "fused": fused, "length": length, "local_length": length // P, "heads": heads, "head_dim": head_dim,
+        "P": P, "fused": fused, "layers": layers, "length": length, "local_length": length // P, "heads": heads, "head_dim": head_dim,
         "threads_per_rank": threads,
         "peak_mb": max(r["peak_mb"] for r in ranks), "seconds": max(r["seconds"] for r in ranks),
         "bytes_sent": max(r["bytes_sent"] for r in ranks),
-        "bytes_analytic": 0 if fused else ring_bytes(1, heads, length // P, head_dim, 4, P),
+        "bytes_analytic": 0 if fused else max(1, layers) * ring_bytes(1, heads, length // P, head_dim, 4, P),
         "per_rank": ranks,
     }
 
@@ -134,15 +158,17 @@ def _mb(n: float) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The markdown table of docs/performance.md (one line per row)."""
-    base = next((r for r in rows if r["P"] == 1 and not r["fused"]), None)
-    lines = ["| ranks P | tokens per rank | peak memory per rank | vs P=1 | time (slowest rank) | "
+    lines = ["| what | ranks P | tokens per rank | peak memory per rank | vs P=1 | time (slowest rank) | "
              "sent per rank | analytic ring volume |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        base = next((b for b in rows if b["P"] == 1 and not b["fused"] and b["layers"] == r["layers"]), None)
+        what = f"{r['layers']} Transformer layers" if r["layers"] else "attention"
         name = "1, one process, fused (no ring)" if r["fused"] else str(r["P"])
         ratio = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base and not r["fused"] else "—"
-        lines.append(f"| {name} | {r['local_length']} | {_mb(r['peak_mb'])} | {ratio} | {r['seconds']:.2f} s | "
-                     f"{r['bytes_sent'] / 2**20:.1f} MiB | {r['bytes_analytic'] / 2**20:.1f} MiB |")
+        sent, analytic = f"{r['bytes_sent'] / 2**20:.1f} MiB", f"{r['bytes_analytic'] / 2**20:.1f} MiB"
+        lines.append(f"| {what} | {name} | {r['local_length']} | {_mb(r['peak_mb'])} | {ratio} | {r['seconds']:.2f} s | "
+                     f"{sent} | {analytic} |")
     return "\n".join(lines)
 
 
@@ -152,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", default="1,2,4", help="comma-separated P values")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2,
+                        help="also measure a stack of this many TransformerEncoderLayers (0: attention only)")
     parser.add_argument("--json", help="also write the rows to this file (atomically)")
     args = parser.parse_args(argv)
     try:
@@ -160,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         ps = []
     if not ps or min(ps) < 1:
         print(f"error: --ranks must be comma-separated positive ints, got {args.ranks!r}", file=sys.stderr)
+        return 2
+    if args.layers < 0:
+        print(f"error: --layers must be >= 0, got {args.layers}", file=sys.stderr)
         return 2
     for name in ("length", "heads", "head_dim"):
         if getattr(args, name) < 1:
@@ -171,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     if not Path("/proc/self/clear_refs").exists():
         print("error: this benchmark needs Linux /proc/self/clear_refs to measure peak memory", file=sys.stderr)
         return 2
-    rows = [run_row(1, args.length, args.heads, args.head_dim, fused=True)]
-    for p in ps:
-        rows.append(run_row(p, args.length, args.heads, args.head_dim))
-        print(f"P={p}: done", file=sys.stderr, flush=True)
+    rows = []
+    for layers in [0] + ([args.layers] if args.layers else []):
+        rows.append(run_row(1, args.length, args.heads, args.head_dim, fused=True, layers=layers))
+        for p in ps:
+            rows.append(run_row(p, args.length, args.heads, args.head_dim, layers=layers))
+            print(f"layers={layers} P={p}: done", file=sys.stderr, flush=True)
     table = format_table(rows)
     print(table)
     if args.json:
