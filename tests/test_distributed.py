@@ -29,7 +29,7 @@ from attnzoo.examples import long_context
 from attnzoo.functional import attention_reference, scaled_dot_product_attention
 
 F64, F32 = 1e-10, 1e-5
-# name: (dtype, B, H, Hkv, L, causal, zigzag, key padding, attn_mask, a row/batch with nothing to attend to)
+# name: (dtype, B, H, Hkv, L, causal, zigzag, key padding, attn_mask, a row/batch with nothing to attend to[, hs])
 RING_CASES = {
     "full": (torch.float64, 2, 4, 4, 16, False, True, False, False, False),
     "causal": (torch.float64, 2, 4, 4, 16, True, True, False, False, False),
@@ -40,13 +40,14 @@ RING_CASES = {
     "odd_length": (torch.float64, 2, 4, 2, 13, True, True, True, True, False),
     "empty_rows": (torch.float64, 2, 4, 2, 16, False, True, True, True, True),
     "float32": (torch.float32, 2, 4, 2, 21, True, True, True, True, False),
+    # hs=4: blocks of 2·hs = 8 query rows, so chunks split into several row blocks
+    "row_blocks": (torch.float64, 1, 2, 1, 75, True, True, True, True, False, 4),
 }
 
 
 # ------------------------------------------------------------------------------ the ranks
-def _ring_case(rank: int, world: int, dtype, B, H, Hkv, L, causal, zigzag, pad, mask, empty) -> dict:
+def _ring_case(rank: int, world: int, dtype, B, H, Hkv, L, causal, zigzag, pad, mask, empty, hs=8) -> dict:
     g = torch.Generator().manual_seed(L * 1000 + H * 10 + Hkv)
-    hs = 8
     q = torch.randn(B, H, L, hs, generator=g, dtype=torch.float64)
     k = torch.randn(B, Hkv, L, hs, generator=g, dtype=torch.float64)
     v = torch.randn(B, Hkv, L, hs, generator=g, dtype=torch.float64)

@@ -112,18 +112,22 @@ def _rows_per_block(B: int, H: int, N: int, hs: int) -> int:
 
 
 def _blocks(layout: ShardLayout, rank: int, src: int, causal: bool, rows_per: int):
-    """Yield (local row range, local key range, global key range, causal diag) pairs to compute."""
-    q_off = k_off = 0
-    q_chunks, k_chunks = layout.chunks(rank), layout.chunks(src)
-    for qa, qb in q_chunks:
+    """Yield the blocks to compute: (local rows, local keys, global keys, global rows or None).
+
+    The last item is the block's global query range where the causal mask cuts through it,
+    None where every key is visible. Keys after a block's last query are left out, so
+    blocks the causal mask hides entirely are skipped and diagonal ones are trimmed.
+    """
+    q_off = 0
+    for qa, qb in layout.chunks(rank):
         k_off = 0
-        for ka, kb in k_chunks:
-            hidden = causal and qb - 1 < ka  # every key after every query
-            diag = causal and not qa >= kb - 1
-            if not hidden:
-                for r in range(qa, qb, rows_per):
-                    r1 = min(qb, r + rows_per)
-                    yield (q_off + r - qa, q_off + r1 - qa), (k_off, k_off + kb - ka), (ka, kb), (r, r1) if diag else None
+        for ka, kb in layout.chunks(src):
+            for r0 in range(qa, qb, rows_per):
+                r1 = min(qb, r0 + rows_per)
+                kend = min(kb, r1) if causal else kb  # keys after the last query row are hidden
+                if kend > ka:
+                    diag = (r0, r1) if causal and r0 < kend - 1 else None
+                    yield (q_off + r0 - qa, q_off + r1 - qa), (k_off, k_off + kend - ka), (ka, kend), diag
             k_off += kb - ka
         q_off += qb - qa
 
