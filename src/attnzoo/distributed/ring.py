@@ -10,9 +10,9 @@ from r-1 with ``dist.batch_isend_irecv``); while the next shard is in flight, ea
 attends from its queries to the shard it holds and merges the block into running
 (max, sum, output) accumulators, so that after P steps ``out = softmax(q kᵀ) v`` over
 the whole sequence exactly. It keeps each row's log-sum-exp for the backward.
-Backward: the key/value shards go round the ring again, each with dk/dv accumulators
-that every rank adds its contribution to; after P hops they are back on their owner.
-dq never leaves its rank.
+Backward: the key/value shards go round the ring again (overlapped the same way), each
+followed by its dk/dv accumulators, which every rank adds its contribution to; after P
+hops they are back on their owner. dq never leaves its rank.
 
 Masks (functional polarity, bool True = may attend):
 
@@ -197,19 +197,21 @@ class _RingAttention(torch.autograd.Function):
             src = (ring.rank - step) % ring.world
             pending = ring.exchange(kv) if step < ring.world - 1 else None
             k_s, v_s, km = _unpack_kv(kv, k.shape) if kv is not None else (k, v, key_mask)
-            grads = k.new_zeros(2 * k.numel())  # this rank's part, one message: no packing copy
-            dk, dv = _unpack(grads, k.shape, v.shape)  # (B, Hkv, N, hs) views
+            # The dk/dv accumulators of the shard held: zeros at step 0, else what the previous
+            # rank sent at the end of its last step. Waiting for them here (not overlapped)
+            # keeps one accumulator per rank instead of three (filling, arriving, leaving).
+            grads = k.new_zeros(2 * k.numel()) if travelling is None else ring.wait(travelling)
+            travelling = None
+            dk, dv = _unpack(grads, k.shape, v.shape)  # (B, Hkv, N, hs) views, added to in place
             for rows, keys, gkeys, diag in _blocks(layout, ring.rank, src, ctx.causal, rows_per):
                 r, c = slice(*rows), slice(*keys)
                 _backward_block(qg[..., r, :], k_s[:, :, None, c], v_s[:, :, None, c], do[..., r, :], D[..., r, :],
                                 lse[..., r, :], _allowed(km, attn_mask, rows, keys, gkeys, diag, q.device), scale,
                                 dq[..., r, :], dk[:, :, c], dv[:, :, c])
-            if travelling is not None:  # the other ranks' contributions for this shard so far
-                grads += ring.wait(travelling)
-            travelling = ring.exchange(grads, tag=1) if ring.world > 1 else (None, grads)
+            travelling = ring.exchange(grads, tag=1) if ring.world > 1 else ([], grads)
             if pending is not None:
                 kv = ring.wait(pending)
-        grads = ring.wait(travelling) if ring.world > 1 else travelling[1]  # back home: my own shard
+        grads = ring.wait(travelling)  # back home after P hops: my own shard's dk, dv, complete
         dk, dv = _unpack(grads, k.shape, v.shape)
         return dq.view(B, H, N, hs), dk, dv, None, None, None, None, None, None
 
