@@ -46,7 +46,7 @@ RING_CASES = {
 
 
 # ------------------------------------------------------------------------------ the ranks
-def _ring_case(rank: int, world: int, dtype, B, H, Hkv, L, causal, zigzag, pad, mask, empty, hs=8) -> dict:
+def _ring_case(rank: int, world: int, dtype, B, H, Hkv, L, causal, zigzag, pad, mask, empty, hs=8, group=None) -> dict:
     g = torch.Generator().manual_seed(L * 1000 + H * 10 + Hkv)
     q = torch.randn(B, H, L, hs, generator=g, dtype=torch.float64)
     k = torch.randn(B, Hkv, L, hs, generator=g, dtype=torch.float64)
@@ -68,15 +68,15 @@ def _ring_case(rank: int, world: int, dtype, B, H, Hkv, L, causal, zigzag, pad, 
     (ref * w).sum().backward()
 
     layout = ShardLayout(padded_length(L, world, zigzag), world, zigzag)
-    ql, kl, vl, wl = (shard(t, dim=2, zigzag=zigzag)[0] for t in (q, k, v, w))
+    ql, kl, vl, wl = (shard(t, group, dim=2, zigzag=zigzag)[0] for t in (q, k, v, w))
     ql, kl, vl = (t.requires_grad_() for t in (ql, kl, vl))
-    key_mask = ~shard(padding, dim=1, zigzag=zigzag, pad_value=True)[0]  # (B, N) True = may attend
+    key_mask = ~shard(padding, group, dim=1, zigzag=zigzag, pad_value=True)[0]  # (B, N) True = may attend
     attn = None
     if mask:
         cols = F.pad(allowed, [0, layout.length - L], value=False)  # padded keys: never
-        attn = shard(cols, dim=2, zigzag=zigzag, pad_value=False)[0]  # (B, H, N, Lp)
+        attn = shard(cols, group, dim=2, zigzag=zigzag, pad_value=False)[0]  # (B, H, N, Lp)
     reset_ring_stats()
-    out = ring_attention(ql, kl, vl, layout, is_causal=causal, key_mask=key_mask, attn_mask=attn)
+    out = ring_attention(ql, kl, vl, layout, group=group, is_causal=causal, key_mask=key_mask, attn_mask=attn)
     (out * wl).sum().backward()
 
     pos = layout.positions(rank)
@@ -88,7 +88,7 @@ def _ring_case(rank: int, world: int, dtype, B, H, Hkv, L, causal, zigzag, pad, 
         "dk": (kl.grad[:, :, real] - kr.grad[:, :, glob]).abs().max().item(),
         "dv": (vl.grad[:, :, real] - vr.grad[:, :, glob]).abs().max().item(),
         "finite": all(bool(t.isfinite().all()) for t in (out, ql.grad, kl.grad, vl.grad)),
-        "unshard": (unshard(out.detach(), L, dim=2, zigzag=zigzag) - ref.detach()).abs().max().item(),
+        "unshard": (unshard(out.detach(), L, group, dim=2, zigzag=zigzag) - ref.detach()).abs().max().item(),
         "bytes": RING_STATS["bytes_sent"],
         "bytes_expected": _ring_bytes(B, Hkv, layout.local_length, hs, torch.tensor([], dtype=dtype).element_size(),
                                       world),
@@ -169,6 +169,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         res = {name: _ring_case(rank, world, *args) for name, args in RING_CASES.items()}
+        if world == 4:  # two groups of non-adjacent ranks, {0, 2} and {1, 3}, each its own ring
+            groups = [dist.new_group([0, 2]), dist.new_group([1, 3])]
+            g = groups[rank % 2]
+            res["subgroup"] = _ring_case(dist.get_rank(g), 2, *RING_CASES["odd_length"], group=g)
         res["module"] = _module_case(rank, world)
         res["example"] = long_context.train(steps=3, length=37, batch=2)
         with open(f"{out_dir}/{rank}.json", "w") as fh:
@@ -203,6 +207,15 @@ def test_ring_attention_equals_one_process(ranks, case):
             assert r[what] <= tol, (world, rank, case, what, r[what])
         assert r["finite"]
         assert r["bytes"] == r["bytes_expected"], (world, rank, case)
+
+
+def test_ring_attention_on_a_subgroup(ranks):
+    world, results = ranks
+    if world != 4:
+        pytest.skip("the subgroups are made from 4 ranks")
+    for res in results:
+        r = res["subgroup"]
+        assert max(r[w] for w in ("out", "dq", "dk", "dv", "unshard")) <= F64 and r["bytes"] == r["bytes_expected"]
 
 
 def test_rows_with_nothing_to_attend_to_give_zero_output_and_zero_grad(ranks):
