@@ -151,6 +151,14 @@ def _module_case(rank: int, world: int) -> dict:
                        ShardLayout(padded_length(L, world), world), key_mask=kpm_l.float())
     except ValueError as e:
         errors["key_mask"] = str(e)
+    try:
+        cp(xl, key_padding_mask=kpm_l.double())
+    except TypeError as e:
+        errors["float_mask"] = str(e)
+    try:
+        context_parallel(MultiHeadAttention(E, 4, dropout=0.1, dtype=torch.float64))(xl)
+    except ValueError as e:
+        errors["dropout"] = str(e)
     restored = context_parallel(copy.deepcopy(cp), enable=False)
     return {
         "out": (out.detach()[:, real] - ref.detach()[:, pos[real]]).abs().max().item(),
@@ -234,6 +242,10 @@ def test_context_parallel_module_equals_one_process(ranks):
         assert r["out"] <= F64 and r["dx"] <= F64 and r["dparams"] <= F64, (world, r)
         assert r["weights_none"] and r["same_keys"] and r["is_mha"] and r["restored"]
         assert r["errors"]["need_weights"] == "need_weights=True is not supported under context parallelism"
+        assert r["errors"]["float_mask"] == ("key_padding_mask must be a bool tensor under context parallelism, "
+                                             "got torch.float64")
+        assert r["errors"]["dropout"] == ("attention dropout is not supported under context parallelism, got "
+                                          "dropout=0.1 in training mode (build the model with dropout=0.0 or call .eval())")
         N = padded_length(11, world) // world
         assert r["errors"]["key_padding_mask"] == (
             f"key_padding_mask must have shape (2, {N}) (this rank's shard), got (2, {N - 1})")
