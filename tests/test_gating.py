@@ -418,8 +418,10 @@ def test_bad_kernel_size(
 @pytest.mark.parametrize(
     ("x", "error", "pattern"),
     [
-        (rand(C, 5, 4), ValueError, r"x must be 4-D, got shape \(6, 5, 4\)"),
-        (rand(1, 1, C, 5, 4), ValueError, r"x must be 4-D, got shape \(1, 1, 6, 5, 4\)"),
+        (rand(C, 5), ValueError, r"x must be 4-D \(B, C, H, W\) or 3-D unbatched \(C, H, W\) "
+         r"for \w+\(dims=2\), got shape \(6, 5\); build it with dims=1 for \(B, C, L\), "
+         r"dims=3 for \(B, C, D, H, W\)"),
+        (rand(1, 1, C, 5, 4), ValueError, r"x must be 4-D .*got shape \(1, 1, 6, 5, 4\)"),
         (
             torch.ones(2, C, 5, 4, dtype=torch.int64),
             TypeError,

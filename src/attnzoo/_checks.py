@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 from torch import Tensor
 
 
@@ -66,3 +67,59 @@ def check_mask_dtype(name: str, mask: Tensor) -> None:
             f"{name} must be a bool or floating-point tensor, got dtype {mask.dtype}; "
             f"use mask.bool() for a boolean mask"
         )
+
+
+SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def check_spatial_dims(name: str, value: object) -> int:
+    """The number of spatial dimensions a gate is built for: 1, 2 or 3 (as Conv1d/2d/3d)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (1, 2 or 3), got {type(value).__name__}")
+    if value not in SPATIAL_NAMES:
+        raise ValueError(f"{name} must be 1, 2 or 3 (spatial dimensions), got {value}")
+    return value
+
+
+def is_tracing(x: object) -> bool:
+    """True while ``torch.fx.symbolic_trace`` or ``torch.jit.trace`` records a forward.
+
+    Under FX, ``x`` is a ``torch.fx.Proxy``: it has no dtype, rank or sizes to check
+    (asking records an op, and ``if`` on the answer fails). Under ``torch.jit.trace``,
+    sizes are traced tensors and every Python ``if`` on them is frozen into the graph
+    with a warning. So the modules skip their input checks and empty-size branches while
+    traced; the recorded graph runs the same ops as eager. ``torch.export`` and
+    ``torch.compile`` see real (fake) tensors and keep the checks.
+    """
+    return isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing()
+
+
+def check_feature_map(name: str, x: object, dims: int, owner: str) -> int:
+    """``x`` is (B, C, *spatial) or unbatched (C, *spatial) with ``dims`` spatial dims.
+
+    Returns the index of the channel dimension (1 if batched, 0 if unbatched). The
+    unbatched form is accepted where torch's ``Conv{dims}d`` accepts it.
+    """
+    check_tensor(name, x)
+    assert isinstance(x, Tensor)
+    if x.dim() not in (dims + 2, dims + 1):
+        sp = SPATIAL_NAMES[dims]
+        hint = ", ".join(f"dims={d} for (B, C, {s})" for d, s in SPATIAL_NAMES.items() if d != dims)
+        raise ValueError(
+            f"{name} must be {dims + 2}-D (B, C, {sp}) or {dims + 1}-D unbatched (C, {sp}) "
+            f"for {owner}(dims={dims}), got shape {tuple(x.shape)}; build it with {hint}"
+        )
+    return x.dim() - dims - 1
+
+
+def refuse_torchscript(owner: str) -> None:
+    """Raised from ``__prepare_scriptable__``, which ``torch.jit.script`` calls first.
+
+    The modules check their inputs in plain Python (f-string messages, isinstance), which
+    TorchScript cannot compile; rather than a long compiler trace deep in the checks, the
+    user gets one line naming the ways that do work.
+    """
+    raise RuntimeError(
+        f"{owner} does not support torch.jit.script; use torch.compile(module) or "
+        f"torch.export.export(module, args) (torch.jit.trace also works)"
+    )

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -256,7 +257,7 @@ def add_attention(
     *,
     where: str | Callable[[str, nn.Module], bool] = "blocks",
     init: str = "default",
-    **kwargs,
+    **kwargs: Any,
 ) -> nn.Module:
     """Insert a ``kind`` gate at every place ``where`` selects in ``model`` (in place); return ``model``.
 

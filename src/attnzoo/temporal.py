@@ -100,7 +100,8 @@ class TemporalAttention(nn.Module):
         hidden: width of the additive score's tanh layer (default ``dim``); not for ``"dot"``.
         num_queries: Q, the number of independent weightings (default 1).
         dropout: dropout on the weights in training (default 0).
-        device, dtype: for the parameters; inputs must have the same dtype.
+        device: device of the parameters.
+        dtype: dtype of the parameters; inputs must match it (outside ``torch.autocast``).
     """
 
     def __init__(

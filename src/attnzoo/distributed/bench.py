@@ -1,0 +1,224 @@
+"""Scaling of ring attention: per-rank memory, time and bytes sent for P = 1, 2, 4 ranks.
+
+    python -m attnzoo.distributed.bench [--length 8192] [--ranks 1,2,4] [--layers 2] [--json FILE]
+
+For each P, P fresh processes (gloo on 127.0.0.1) each hold one zigzag shard of a
+sequence of ``--length`` tokens, q (1, H, L/P, hs), k, v (1, H, L/P, hs) float32, and
+run ONE causal forward + backward of :func:`~attnzoo.distributed.ring_attention`, after
+a warm-up on a tiny input. Per rank it records:
+
+* peak memory: ``VmHWM`` after the call minus ``VmRSS`` just before it (the high-water
+  mark reset first through ``/proc/self/clear_refs``): what the call itself adds;
+* time of the call (wall clock, all ranks released together by a barrier);
+* bytes this rank sent round the ring (:data:`~attnzoo.distributed.RING_STATS`), next to
+  the analytic volume :func:`ring_bytes`.
+
+With ``--layers n`` (default 2) the same is measured for a stack of n
+``TransformerEncoderLayer`` (E = H·hs, feed-forward 4E, causal) switched by
+:func:`~attnzoo.distributed.context_parallel`, on x (1, L/P, E): there the activations
+every layer keeps for the backward dominate, and the ring's transient buffers (one layer's
+at a time) matter less. A row "P=1, one process, fused" runs attnzoo's single-process
+path (torch's fused kernel, no ring) on the whole sequence, for reference. Every process uses ONE thread,
+so P=1 is one core's work; on a machine with fewer cores than P the ranks share cores
+and time stops falling: the memory and the bytes are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+__all__ = ["ring_bytes", "format_table", "main"]
+
+
+def ring_bytes(B: int, Hkv: int, N: int, hs: int, elem: int, P: int) -> int:
+    """Bytes one rank sends for one forward + backward of ring attention over P ranks.
+
+    Forward: P-1 hops of its k, v and key mask ``(2·B·Hkv·N·hs + B·N)`` elements. Backward:
+    P-1 more hops of k, v, mask, and P hops of the dk/dv accumulators (``2·B·Hkv·N·hs``);
+    the last brings them home.
+    """
+    if P == 1:
+        return 0
+    kv = 2 * B * Hkv * N * hs + B * N
+    return (2 * (P - 1) * kv + P * 2 * B * Hkv * N * hs) * elem
+
+
+def _kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _measure(call) -> tuple[float, float]:
+    """(peak MB the call adds, seconds)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset VmHWM to the current RSS
+    before = _kb("VmRSS")
+    t0 = time.perf_counter()
+    call()
+    seconds = time.perf_counter() - t0
+    return max(0, _kb("VmHWM") - before) / 1024, seconds
+
+
+def _rank(rank: int, world: int, port: int, spec: dict[str, Any], out_dir: str) -> None:
+    from attnzoo.distributed import RING_STATS, ShardLayout, reset_ring_stats, ring_attention
+    from attnzoo.functional import scaled_dot_product_attention
+
+    from attnzoo import TransformerEncoderLayer
+    from attnzoo.distributed import context_parallel
+
+    torch.set_num_threads(spec["threads"])
+    L, H, hs = spec["length"], spec["heads"], spec["head_dim"]
+    fused, layers = spec["fused"], spec["layers"]
+    if not fused:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    E = H * hs
+    if layers:  # a stack of Transformer layers, context-parallel unless fused
+        torch.manual_seed(0)
+        model = torch.nn.ModuleList(TransformerEncoderLayer(E, H, 4 * E, dropout=0.0) for _ in range(layers))
+        if not fused:
+            context_parallel(model)
+
+    def inputs(n: int) -> list[torch.Tensor]:
+        if layers:
+            return [torch.randn(1, n, E, generator=g).requires_grad_(), torch.randn(1, n, E, generator=g)]
+        return [torch.randn(1, H, n, hs, generator=g).requires_grad_() for _ in range(3)] + [torch.randn(1, H, n, hs)]
+
+    def step(*args: torch.Tensor) -> None:
+        if layers:
+            out, dout = args
+            for layer in model:
+                out = layer(out, is_causal=True)
+        elif fused:
+            out, dout = scaled_dot_product_attention(*args[:3], is_causal=True), args[3]
+        else:
+            out = ring_attention(*args[:3], ShardLayout(args[0].size(2) * world, world), is_causal=True)
+            dout = args[3]
+        out.backward(dout)
+
+    step(*inputs(max(2, 256 // world)))  # warm-up: kernels, thread pool, gloo connections
+    args = inputs(L // world)
+    reset_ring_stats()
+    if not fused:
+        dist.barrier()
+    peak_mb, seconds = _measure(lambda: step(*args))
+    if not fused:
+        dist.barrier()
+        dist.destroy_process_group()
+    res = {"peak_mb": peak_mb, "seconds": seconds, "bytes_sent": RING_STATS["bytes_sent"],
+           "messages": RING_STATS["messages"]}
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(res))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_row(P: int, length: int, heads: int, head_dim: int, fused: bool = False, layers: int = 0) -> dict[str, Any]:
+    """Launch P fresh processes and return the row (max over ranks, and per rank).
+
+    ``layers=0``: one ring attention call; ``layers>0``: that many TransformerEncoderLayers.
+    """
+    threads = 1  # per process, for every P: the ranks of one row never compete for threads
+    spec = {"length": length, "heads": heads, "head_dim": head_dim, "threads": threads, "fused": fused,
+            "layers": layers}
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_rank, args=(P, _free_port(), spec, tmp), nprocs=P, join=True, start_method="spawn")
+        ranks = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(P)]
+    return {
+        "P": P, "fused": fused, "layers": layers, "length": length, "local_length": length // P, "heads": heads, "head_dim": head_dim,
+        "threads_per_rank": threads,
+        "peak_mb": max(r["peak_mb"] for r in ranks), "seconds": max(r["seconds"] for r in ranks),
+        "bytes_sent": max(r["bytes_sent"] for r in ranks),
+        "bytes_analytic": 0 if fused else max(1, layers) * ring_bytes(1, heads, length // P, head_dim, 4, P),
+        "per_rank": ranks,
+    }
+
+
+def _mb(n: float) -> str:
+    return f"{n:.0f} MB" if n >= 10 else f"{n:.1f} MB"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of docs/performance.md (one line per row)."""
+    lines = ["| what | ranks P | tokens per rank | peak memory per rank | vs P=1 | time (slowest rank) | "
+             "sent per rank | analytic ring volume |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = next((b for b in rows if b["P"] == 1 and not b["fused"] and b["layers"] == r["layers"]), None)
+        what = f"{r['layers']} Transformer layers" if r["layers"] else "attention"
+        name = "1, one process, fused (no ring)" if r["fused"] else str(r["P"])
+        ratio = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base and not r["fused"] else "—"
+        sent, analytic = f"{r['bytes_sent'] / 2**20:.1f} MiB", f"{r['bytes_analytic'] / 2**20:.1f} MiB"
+        lines.append(f"| {what} | {name} | {r['local_length']} | {_mb(r['peak_mb'])} | {ratio} | {r['seconds']:.2f} s | "
+                     f"{sent} | {analytic} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnzoo.distributed.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--length", type=int, default=8192, help="total tokens (a multiple of 2·max(P))")
+    parser.add_argument("--ranks", default="1,2,4", help="comma-separated P values")
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2,
+                        help="also measure a stack of this many TransformerEncoderLayers (0: attention only)")
+    parser.add_argument("--json", help="also write the rows to this file (atomically)")
+    args = parser.parse_args(argv)
+    try:
+        ps = [int(p) for p in args.ranks.split(",")]
+    except ValueError:
+        ps = []
+    if not ps or min(ps) < 1:
+        print(f"error: --ranks must be comma-separated positive ints, got {args.ranks!r}", file=sys.stderr)
+        return 2
+    if args.layers < 0:
+        print(f"error: --layers must be >= 0, got {args.layers}", file=sys.stderr)
+        return 2
+    for name in ("length", "heads", "head_dim"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    if any(args.length % (2 * p) for p in ps):
+        print(f"error: --length must be a multiple of 2·P for every P in {ps}, got {args.length}", file=sys.stderr)
+        return 2
+    if not Path("/proc/self/clear_refs").exists():
+        print("error: this benchmark needs Linux /proc/self/clear_refs to measure peak memory", file=sys.stderr)
+        return 2
+    rows = []
+    for layers in [0] + ([args.layers] if args.layers else []):
+        rows.append(run_row(1, args.length, args.heads, args.head_dim, fused=True, layers=layers))
+        for p in ps:
+            rows.append(run_row(p, args.length, args.heads, args.head_dim, layers=layers))
+            print(f"layers={layers} P={p}: done", file=sys.stderr, flush=True)
+    table = format_table(rows)
+    print(table)
+    if args.json:
+        from .._io import atomic_write_json
+
+        machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": sys.version.split()[0],
+                   "backend": "gloo", "dtype": "float32", "causal": True, "layout": "zigzag"}
+        atomic_write_json(args.json, {"machine": machine, "command": "python -m attnzoo.distributed.bench "
+                                      + " ".join(argv if argv is not None else sys.argv[1:]), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

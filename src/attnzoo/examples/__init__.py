@@ -1,0 +1,1 @@
+"""Runnable examples (``python -m attnzoo.examples.<name>``); the library never imports them."""
