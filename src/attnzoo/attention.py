@@ -72,11 +72,15 @@ class MultiHeadAttention(nn.Module):
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
         self._kv_dim = self.head_dim * self.num_kv_heads
-        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self._packed = self.kdim == embed_dim and self.vdim == embed_dim  # one in_proj_weight for q, k, v
+        # torch's Transformer layers read this flag to choose their fused inference path
+        # (torch._transformer_encoder_layer_fwd, nested tensors), which would bypass this
+        # module's forward. False makes them decline that path and call forward.
+        self._qkv_same_embed_dim = False
 
         factory = {"device": device, "dtype": dtype}
         rows = embed_dim + 2 * self._kv_dim
-        if self._qkv_same_embed_dim:
+        if self._packed:
             self.in_proj_weight = nn.Parameter(torch.empty(rows, embed_dim, **factory))
             self.register_parameter("q_proj_weight", None)
             self.register_parameter("k_proj_weight", None)
@@ -117,49 +121,64 @@ class MultiHeadAttention(nn.Module):
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this on every submodule before compiling it.
+        raise RuntimeError(
+            f"{type(self).__name__} does not support torch.jit.script (TorchScript); use torch.compile, "
+            f"torch.export.export or torch.jit.trace instead"
+        )
+
     # ----------------------------------------------------------------------------------
     def forward(
         self,
         query: Tensor,
         key: Tensor | None = None,
         value: Tensor | None = None,
-        *,
         key_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
         need_weights: bool = False,
+        attn_mask: Tensor | None = None,
         average_attn_weights: bool = True,
+        is_causal: bool = False,
         weights_for: RowIndex = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value`` (``key=None``: self-attention).
 
-        Returns ``(out, weights)``; ``weights`` is None unless ``need_weights``.
+        The arguments have ``nn.MultiheadAttention.forward``'s names and positional order
+        (query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+        is_causal), so torch's own layers can call this module as their ``self_attn``.
+        Differences: ``need_weights`` defaults to False, and ``is_causal=True`` applies a
+        causal mask (on top of ``attn_mask``, if given) instead of trusting it as a hint.
+
+        Returns ``(out, weights)``; ``weights`` is None unless ``need_weights`` (under
+        ``torch.jit.trace``, which cannot return None, it is an empty tensor instead).
         ``weights_for`` (index tensor, slice or range of query rows) returns only those
         rows' weights, so very long sequences can be inspected cheaply.
         """
+        self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key
         value = key if value is None else value
-        query, key, value, unbatched = self._check_inputs(query, key, value)
-        if unbatched:
-            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-        B, L, S = query.size(0), query.size(1), key.size(1)
-        mask = self.combine_masks(key_padding_mask, attn_mask, B, L, S, query.dtype)
+        self._check_parameters()
+        dims = (self.embed_dim, self.kdim, self.vdim, self.out_proj.weight.dtype, self.batch_first)
+        q_in = query
+        query, key, value, key_padding_mask = _batch_first_inputs(query, key, value, key_padding_mask, dims)
+        if self_attention:  # keep the identity: self-attention projects q, k, v in one GEMM
+            key = value = query
 
         q, k, v = self.project_qkv(query, key, value)  # (B, H, L, hs), (B, Hkv, S, hs) ×2
+        mask = _merged_mask(key_padding_mask, attn_mask, q, k, self.num_heads)  # in q's dtype (autocast)
         out, weights = self.attend(
             q, k, v, mask=mask, is_causal=is_causal, need_weights=need_weights,
             average_attn_weights=average_attn_weights, weights_for=weights_for,
         )
-        if unbatched:
-            out, weights = out.squeeze(0), None if weights is None else weights.squeeze(0)
-        elif not self.batch_first:
-            out = out.transpose(0, 1)  # (L, B, E)
+        out, weights = _restore_layout(out, weights, q_in, self.batch_first)
+        if weights is None and torch.jit.is_tracing():
+            weights = out.new_empty(0)  # a traced graph cannot return None
         return out, weights
 
     def project_query(self, query: Tensor) -> Tensor:
         """(B, L, E) -> per-head queries (B, H, L, hs)."""
         E = self.embed_dim
-        w = self.in_proj_weight[:E] if self._qkv_same_embed_dim else self.q_proj_weight
+        w = self.in_proj_weight[:E] if self._packed else self.q_proj_weight
         return _heads(F.linear(query, w, _rows(self.in_proj_bias, 0, E)), self.num_heads)
 
     def project_qkv(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None
@@ -167,7 +186,7 @@ class MultiHeadAttention(nn.Module):
         """Per-head q (B, H, L, hs), k and v (B, Hkv, S, hs); self-attention takes one GEMM."""
         key = query if key is None else key
         value = key if value is None else value
-        if self._qkv_same_embed_dim and query is key and key is value:
+        if self._packed and query is key and key is value:
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, E + 2·kv)
             q, k, v = qkv.split([self.embed_dim, self._kv_dim, self._kv_dim], dim=-1)
             return _heads(q, self.num_heads), _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
@@ -179,13 +198,13 @@ class MultiHeadAttention(nn.Module):
         Cross-attention can project an encoder memory once and reuse it every step.
         """
         value = key if value is None else value
-        if self._qkv_same_embed_dim and value is key:  # one GEMM for both
+        if self._packed and value is key:  # one GEMM for both
             E = self.embed_dim
             kv = F.linear(key, self.in_proj_weight[E:], _rows(self.in_proj_bias, E, None))
             k, v = kv.split(self._kv_dim, dim=-1)  # (B, S, kv) ×2
         else:
             E, kv = self.embed_dim, self._kv_dim
-            same = self._qkv_same_embed_dim
+            same = self._packed
             wk = self.in_proj_weight[E:E + kv] if same else self.k_proj_weight
             wv = self.in_proj_weight[E + kv:] if same else self.v_proj_weight
             k = F.linear(key, wk, _rows(self.in_proj_bias, E, E + kv))
@@ -221,30 +240,16 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out), weights
 
     # ----------------------------------------------------------------------------------
-
-    def _check_inputs(self, query: object, key: object, value: object) -> tuple[Tensor, Tensor, Tensor, bool]:
-        query = check_tensor("query", query, ndim=(2, 3))
-        key = check_tensor("key", key, ndim=query.dim())
-        value = check_tensor("value", value, ndim=query.dim())
+    def _check_parameters(self) -> None:
+        """All parameters share one dtype (a bias in another dtype would fail inside F.linear)."""
         dtype = self.out_proj.weight.dtype
-        for name, t, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
-            check_dtype_matches(name, t, dtype, "MultiHeadAttention")
-            if t.size(-1) != dim:
-                arg = {"query": "embed_dim", "key": "kdim", "value": "vdim"}[name]
-                raise ValueError(f"{name} must have {arg}={dim} features (last dim), got shape {tuple(t.shape)}")
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-        elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        if key.shape[:2] != value.shape[:2]:
-            raise ValueError(
-                f"key and value must have the same batch size and length, got key {tuple(key.shape)} "
-                f"and value {tuple(value.shape)}" + ("" if self.batch_first else " (batch_first=False layout)")
-            )
-        if query.size(0) != key.size(0):
-            raise ValueError(f"query and key must have the same batch size, got {query.size(0)} and {key.size(0)}")
-        return query, key, value, unbatched
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "out_proj.bias"):
+            p = self.out_proj.bias if name == "out_proj.bias" else getattr(self, name)
+            if p is not None and p.dtype != dtype:
+                raise TypeError(
+                    f"MultiHeadAttention parameters must share one dtype, got out_proj.weight {dtype} "
+                    f"and {name} {p.dtype}; convert the module with module.to({dtype})"
+                )
 
     def combine_masks(self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
                       dtype: torch.dtype) -> Tensor | None:
@@ -253,33 +258,7 @@ class MultiHeadAttention(nn.Module):
         Returns None, a bool mask (True = may attend) or a float bias, shaped to broadcast
         to (B, H, L, S); this is what :meth:`attend` takes as ``mask``.
         """
-        masks = []
-        if key_padding_mask is not None:
-            check_mask_dtype("key_padding_mask", key_padding_mask)
-            if key_padding_mask.shape != (B, S):
-                raise ValueError(f"key_padding_mask must have shape (B, S) = {(B, S)}, got {tuple(key_padding_mask.shape)}")
-            masks.append(key_padding_mask.view(B, 1, 1, S))
-        if attn_mask is not None:
-            check_mask_dtype("attn_mask", attn_mask)
-            if attn_mask.shape == (L, S):
-                masks.append(attn_mask)
-            elif attn_mask.shape == (B * self.num_heads, L, S):
-                masks.append(attn_mask.view(B, self.num_heads, L, S))
-            else:
-                raise ValueError(
-                    f"attn_mask must have shape (L, S) = {(L, S)} or (B*num_heads, L, S) = "
-                    f"{(B * self.num_heads, L, S)}, got {tuple(attn_mask.shape)}"
-                )
-        if not masks:
-            return None
-        if all(m.dtype == torch.bool for m in masks):
-            allowed = ~masks[0]
-            return allowed if len(masks) == 1 else allowed & ~masks[1]
-        total = None
-        for m in masks:  # mixed or float masks: add them as score biases
-            bias = m.to(dtype) if m.is_floating_point() else torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
-            total = bias if total is None else total + bias
-        return total
+        return _combine_masks(key_padding_mask, attn_mask, B, L, S, dtype, self.num_heads)
 
 
 class SelfAttention(MultiHeadAttention):
@@ -332,3 +311,94 @@ def _heads(x: Tensor, n: int) -> Tensor:
 def _rows(bias: Tensor | None, a: int, b: int | None) -> Tensor | None:
     return None if bias is None else bias[a:b]
 
+
+def _combine_masks(key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
+                   dtype: torch.dtype, num_heads: int) -> Tensor | None:
+    """The mask conversion of :meth:`MultiHeadAttention.combine_masks` (shapes given)."""
+    masks = []
+    if key_padding_mask is not None:
+        check_mask_dtype("key_padding_mask", key_padding_mask)
+        if key_padding_mask.shape != (B, S):
+            raise ValueError(f"key_padding_mask must have shape (B, S) = {(B, S)}, got {tuple(key_padding_mask.shape)}")
+        masks.append(key_padding_mask.view(B, 1, 1, S))
+    if attn_mask is not None:
+        check_mask_dtype("attn_mask", attn_mask)
+        if attn_mask.shape == (L, S):
+            masks.append(attn_mask)
+        elif attn_mask.shape == (B * num_heads, L, S):
+            masks.append(attn_mask.view(B, num_heads, L, S))
+        else:
+            raise ValueError(
+                f"attn_mask must have shape (L, S) = {(L, S)} or (B*num_heads, L, S) = "
+                f"{(B * num_heads, L, S)}, got {tuple(attn_mask.shape)}"
+            )
+    if not masks:
+        return None
+    if all(m.dtype == torch.bool for m in masks):
+        allowed = ~masks[0]
+        return allowed if len(masks) == 1 else allowed & ~masks[1]
+    total = None
+    for m in masks:  # mixed or float masks: add them as score biases
+        bias = m.to(dtype) if m.is_floating_point() else torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
+        total = bias if total is None else total + bias
+    return total
+
+
+def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
+                        dims: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Check the inputs and bring them to (B, L, E), (B, S, kdim), (B, S, vdim), mask (B, S).
+
+    ``dims`` = (embed_dim, kdim, vdim, parameter dtype, batch_first). Runs as one opaque
+    call under FX (see the ``torch.fx.wrap`` below): it branches on shapes.
+    """
+    embed_dim, kdim, vdim, dtype, batch_first = dims
+    query = check_tensor("query", query, ndim=(2, 3))
+    key = check_tensor("key", key, ndim=query.dim())
+    value = check_tensor("value", value, ndim=query.dim())
+    for name, t, dim in (("query", query, embed_dim), ("key", key, kdim), ("value", value, vdim)):
+        check_dtype_matches(name, t, dtype, "MultiHeadAttention")
+        if t.size(-1) != dim:
+            arg = {"query": "embed_dim", "key": "kdim", "value": "vdim"}[name]
+            raise ValueError(f"{name} must have {arg}={dim} features (last dim), got shape {tuple(t.shape)}")
+    if query.dim() == 2:  # unbatched: (L, E) -> (1, L, E)
+        if key_padding_mask is not None:
+            check_mask_dtype("key_padding_mask", key_padding_mask)
+            if key_padding_mask.shape != key.shape[:1]:
+                raise ValueError(
+                    f"key_padding_mask must have shape (S,) = {(key.size(0),)} for unbatched input, "
+                    f"got {tuple(key_padding_mask.shape)}"
+                )
+            key_padding_mask = key_padding_mask.unsqueeze(0)  # (1, S)
+        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+    elif not batch_first:
+        query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+    if key.shape[:2] != value.shape[:2]:
+        raise ValueError(
+            f"key and value must have the same batch size and length, got key {tuple(key.shape)} "
+            f"and value {tuple(value.shape)}" + ("" if batch_first else " (batch_first=False layout)")
+        )
+    if query.size(0) != key.size(0):
+        raise ValueError(f"query and key must have the same batch size, got {query.size(0)} and {key.size(0)}")
+    return query, key, value, key_padding_mask
+
+
+def _merged_mask(key_padding_mask: Tensor | None, attn_mask: Tensor | None, q: Tensor, k: Tensor,
+                 num_heads: int) -> Tensor | None:
+    """Torch-polarity masks -> one functional mask in the dtype of ``q`` (B, H, L, hs)."""
+    if key_padding_mask is None and attn_mask is None:
+        return None
+    return _combine_masks(key_padding_mask, attn_mask, q.size(0), q.size(-2), k.size(-2), q.dtype, num_heads)
+
+
+def _restore_layout(out: Tensor, weights: Tensor | None, query: Tensor, batch_first: bool
+                    ) -> tuple[Tensor, Tensor | None]:
+    """(B, L, E) output back to the caller's layout: unbatched (L, E) or (L, B, E)."""
+    if query.dim() == 2:
+        return out.squeeze(0), None if weights is None else weights.squeeze(0)
+    return (out if batch_first else out.transpose(0, 1)), weights
+
+
+# torch.fx.symbolic_trace records these as single calls: they branch on shapes and values,
+# which FX's symbolic Proxies do not have.
+for _name in ("_batch_first_inputs", "_merged_mask", "_restore_layout", "sdpa"):
+    torch.fx.wrap(_name)
