@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from ._checks import check_dropout, check_dtype_matches, check_mask_dtype, check_positive_int, check_tensor
 from .functional import RowIndex, sdpa
 
+is_fx_symbolic_tracing = torch.fx._symbolic_trace.is_fx_symbolic_tracing
+
 __all__ = ["MultiHeadAttention", "SelfAttention", "CrossAttention"]
 
 
@@ -157,7 +159,11 @@ class MultiHeadAttention(nn.Module):
         self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key
         value = key if value is None else value
-        self._check_parameters()
+        if not is_fx_symbolic_tracing():  # under FX the parameters are symbolic Proxies
+            self._check_parameters()
+        if isinstance(query, Tensor) and query.is_nested:  # from nn.TransformerEncoder's inference path
+            return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                        average_attn_weights, is_causal)
         dims = (self.embed_dim, self.kdim, self.vdim, self.out_proj.weight.dtype, self.batch_first)
         q_in = query
         query, key, value, key_padding_mask = _batch_first_inputs(query, key, value, key_padding_mask, dims)
@@ -229,15 +235,37 @@ class MultiHeadAttention(nn.Module):
         polarity (bool True = may attend, float = added) and broadcasts to (B, H, L, S).
         Returns ``(out (B, L, E), weights or None)``.
         """
-        res = sdpa(
-            q, k, v, mask, self.dropout if self.training else 0.0, is_causal,
-            enable_gqa=self.num_kv_heads != self.num_heads, need_weights=need_weights,
-            average_heads=average_attn_weights, weights_for=weights_for,
+        out, weights = _sdpa_pair(
+            q, k, v, mask, self.dropout if self.training else 0.0, is_causal, self.num_kv_heads != self.num_heads,
+            need_weights, average_attn_weights, weights_for,
         )
-        out, weights = res if need_weights else (res, None)
         B, _, L, _ = out.shape
         out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)
         return self.out_proj(out), weights
+
+    def _forward_nested(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
+                        need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool,
+                        is_causal: bool) -> tuple[Tensor, None]:
+        """Nested (ragged, batch-first) inputs: pad, attend with the padding masked, re-nest.
+
+        ``nn.TransformerEncoder`` hands its layers nested tensors in eval mode when it was
+        built around torch's own attention and this module was swapped in afterwards.
+        """
+        if not self.batch_first or need_weights or key_padding_mask is not None or attn_mask is not None:
+            raise ValueError(
+                "nested tensor input is supported with batch_first=True and no masks or weights only; "
+                "build nn.TransformerEncoder with enable_nested_tensor=False to avoid nested tensors"
+            )
+        lengths = [t.size(0) for t in query.unbind()]
+        padded = [t.to_padded_tensor(0.0) if t.is_nested else t for t in (query, key, value)]  # (B, T, ·)
+        S = padded[1].size(1)
+        key_lengths = torch.tensor([t.size(0) for t in key.unbind()] if key.is_nested else [S] * len(lengths),
+                                   device=padded[1].device)
+        pad = torch.arange(S, device=key_lengths.device) >= key_lengths[:, None]  # (B, S) True = padding
+        same = key is query
+        out, _ = self.forward(padded[0], padded[0] if same else padded[1], padded[0] if same else padded[2],
+                              key_padding_mask=pad, is_causal=is_causal)  # (B, L, E)
+        return torch.nested.nested_tensor([o[:n] for o, n in zip(out, lengths)]), None
 
     # ----------------------------------------------------------------------------------
     def _check_parameters(self) -> None:
@@ -352,6 +380,8 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
     call under FX (see the ``torch.fx.wrap`` below): it branches on shapes.
     """
     embed_dim, kdim, vdim, dtype, batch_first = dims
+    key = query if key is None else key  # None only when FX traced this module as the root
+    value = key if value is None else value
     query = check_tensor("query", query, ndim=(2, 3))
     key = check_tensor("key", key, ndim=query.dim())
     value = check_tensor("value", value, ndim=query.dim())
@@ -382,6 +412,14 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
     return query, key, value, key_padding_mask
 
 
+def _sdpa_pair(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, is_causal: bool,
+               gqa: bool, need_weights: bool, average: bool, weights_for: RowIndex) -> tuple[Tensor, Tensor | None]:
+    """:func:`sdpa` that always returns ``(out (B, H, L, hs), weights or None)``."""
+    res = sdpa(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa, need_weights=need_weights,
+               average_heads=average, weights_for=weights_for)
+    return res if need_weights else (res, None)
+
+
 def _merged_mask(key_padding_mask: Tensor | None, attn_mask: Tensor | None, q: Tensor, k: Tensor,
                  num_heads: int) -> Tensor | None:
     """Torch-polarity masks -> one functional mask in the dtype of ``q`` (B, H, L, hs)."""
@@ -398,7 +436,7 @@ def _restore_layout(out: Tensor, weights: Tensor | None, query: Tensor, batch_fi
     return (out if batch_first else out.transpose(0, 1)), weights
 
 
-# torch.fx.symbolic_trace records these as single calls: they branch on shapes and values,
-# which FX's symbolic Proxies do not have.
-for _name in ("_batch_first_inputs", "_merged_mask", "_restore_layout", "sdpa"):
+# torch.fx.symbolic_trace records these as single calls: they branch on shapes and on
+# forward's arguments, which are symbolic Proxies while FX traces.
+for _name in ("_batch_first_inputs", "_merged_mask", "_restore_layout", "_sdpa_pair"):
     torch.fx.wrap(_name)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_dropout, check_positive_int, check_tensor
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, is_fx_symbolic_tracing
 from .kvcache import DecodeState, KVCache, MemoryKV, attend_cached, attend_memory, project_memory
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Seq2SeqTransformer"]
@@ -90,7 +90,8 @@ class TransformerEncoderLayer(_Layer):
     def forward(self, src: Tensor, src_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
                 is_causal: bool = False) -> Tensor:
         """Masks as ``nn.TransformerEncoderLayer``: True = blocked / padding (see module doc)."""
-        check_tensor("src", src, ndim=(2, 3))
+        if not is_fx_symbolic_tracing():  # FX Proxies carry no type or shape to check
+            check_tensor("src", src, ndim=(2, 3))
 
         def self_attn(h: Tensor) -> Tensor:
             h, _ = self.self_attn(h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal)
@@ -127,8 +128,9 @@ class TransformerDecoderLayer(_Layer):
         ``tgt_is_causal=True`` (default) hides later target tokens with no ``tgt_mask``
         needed; a given ``tgt_mask`` is applied on top.
         """
-        check_tensor("tgt", tgt, ndim=(2, 3))
-        check_tensor("memory", memory, ndim=tgt.dim())
+        if not is_fx_symbolic_tracing():  # FX Proxies carry no type or shape to check
+            check_tensor("tgt", tgt, ndim=(2, 3))
+            check_tensor("memory", memory, ndim=tgt.dim())
 
         def self_attn(h: Tensor) -> Tensor:
             h, _ = self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask, is_causal=tgt_is_causal)
