@@ -16,6 +16,16 @@ Unbatched inputs ``(L, E)`` work too and give ``(L, E)``. Mask arguments keep
 
 (The functional form, :func:`attnzoo.functional.scaled_dot_product_attention`, follows
 ``F.scaled_dot_product_attention`` instead: True = may attend.)
+
+Differences from ``nn.MultiheadAttention`` (a torch state dict loads silently, so mind
+them; :meth:`MultiHeadAttention.from_torch` copies the configuration exactly):
+``batch_first=True`` by default (torch: False); ``need_weights=False`` by default (torch:
+True); ``is_causal=True`` applies a causal mask (torch: a hint that ``attn_mask`` is
+causal); fully masked query rows give 0 instead of NaN. The module can serve as
+``self_attn``/``multihead_attn`` of torch's Transformer layers (it declines their fused
+inference path, whose kernel would bypass it), runs under autocast, supports double
+backward, and works with ``torch.fx``, ``torch.jit.trace``, ``torch.export`` and ONNX
+export; ``torch.jit.script`` raises one error naming those instead.
 """
 
 from __future__ import annotations
@@ -303,6 +313,14 @@ class SelfAttention(MultiHeadAttention):
         is_causal: bool = False, need_weights: bool = False, average_attn_weights: bool = True,
         weights_for: RowIndex = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """Self-attention over ``x`` (B, L, E) (or (L, B, E) with ``batch_first=False``, or (L, E)).
+
+        ``key_padding_mask`` (B, L): True = padding. ``attn_mask`` (L, L) or (B·H, L, L):
+        bool True = NOT allowed, float added. ``is_causal=True`` hides later positions.
+        Returns ``(out, weights)``: ``out`` shaped like ``x``; ``weights`` (B, L, L), or
+        (B, H, L, L) with ``average_attn_weights=False``, only with ``need_weights=True``
+        (else None); ``weights_for`` selects query rows of the weights.
+        """
         return super().forward(
             x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
             need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
@@ -324,6 +342,13 @@ class CrossAttention(MultiHeadAttention):
         attn_mask: Tensor | None = None, need_weights: bool = False, average_attn_weights: bool = True,
         weights_for: RowIndex = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """Queries from ``x`` (B, L, E) attend over ``context`` (B, S, context_dim).
+
+        ``context_padding_mask`` (B, S): True = padding. ``attn_mask`` (L, S) or (B·H, L, S):
+        bool True = NOT allowed, float added. Returns ``(out (B, L, E), weights)``;
+        ``weights`` (B, L, S), or (B, H, L, S) with ``average_attn_weights=False``, only
+        with ``need_weights=True`` (else None); ``weights_for`` selects query rows.
+        """
         return super().forward(
             x, context, context, key_padding_mask=context_padding_mask, attn_mask=attn_mask,
             need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
