@@ -94,11 +94,19 @@ def test_retained_graph_backs_up_twice_identically():
         assert torch.equal(a, b)
 
 
-def test_double_backward_with_dropout_is_one_clear_error():
-    q, k, v = _qkv()
-    out = scaled_dot_product_attention(q, k, v, dropout_p=0.5)
-    with pytest.raises(RuntimeError, match="double backward .* with dropout is not supported"):
-        torch.autograd.grad(out.sum(), q, create_graph=True)
+def test_double_backward_with_dropout_on_cpu_equals_the_formula():
+    """On CPU torch runs attention dropout on its math backend, which is twice differentiable."""
+    q, k, v = _qkv((1, 2, 4, 4))
+
+    def penalty_grad(f):
+        torch.manual_seed(0)
+        (gq,) = torch.autograd.grad(f(q, k, v).square().sum(), q, create_graph=True)
+        return torch.autograd.grad(gq.square().sum(), (k, v))
+
+    got = penalty_grad(lambda q, k, v: scaled_dot_product_attention(q, k, v, dropout_p=0.5))
+    expected = penalty_grad(lambda q, k, v: attention_reference(q, k, v, dropout_p=0.5))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
 
 
 def test_float_masks_that_require_grad_get_torchs_gradient():
@@ -149,3 +157,21 @@ def test_jvp_vmap_and_func_grad_match_the_formula(need_weights):
     torch.testing.assert_close(vmap(ours, in_dims=(0, None, None))(batched, k, v),
                                torch.stack([ref(b, k, v) for b in batched]))
     torch.testing.assert_close(grad(lambda q: ours(q, k, v).sum())(q), grad(lambda q: ref(q, k, v).sum())(q))
+
+
+def test_generic_device_path_on_cpu_tensors():
+    """The Function used off-CPU (records the kernel's graph, replays it), exercised on CPU."""
+    from attnzoo._fused_autograd import _FusedAttention
+
+    q, k, v = _qkv((1, 2, 3, 4))
+    mask = torch.randn(3, 3, dtype=D, requires_grad=True)
+    dout = torch.randn(1, 2, 3, 4, dtype=D)
+    expected = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), (q, k, v, mask), dout)
+    got = torch.autograd.grad(_FusedAttention.apply(q, k, v, mask, 0.0, False, None), (q, k, v, mask), dout)
+    for e, o in zip(expected, got):
+        assert torch.equal(o, e)
+    torch.autograd.gradgradcheck(lambda q, k, v, m: _FusedAttention.apply(q, k, v, m, 0.0, True, None),
+                                 (q, k, v, mask), fast_mode=True)
+    out = _FusedAttention.apply(q, k, v, None, 0.5, False, None)
+    with pytest.raises(RuntimeError, match="double backward .* with dropout is not supported"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
