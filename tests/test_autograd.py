@@ -175,3 +175,18 @@ def test_generic_device_path_on_cpu_tensors():
     out = _FusedAttention.apply(q, k, v, None, 0.5, False, None)
     with pytest.raises(RuntimeError, match="double backward .* with dropout is not supported"):
         torch.autograd.grad(out.sum(), q, create_graph=True)
+
+
+def test_jvp_and_vmap_through_the_module_equal_torch():
+    torch.manual_seed(0)
+    theirs = nn.MultiheadAttention(8, 2, batch_first=True, dtype=D)
+    ours = az.MultiHeadAttention.from_torch(theirs)
+    x, tangent = torch.randn(2, 3, 8, dtype=D), torch.randn(2, 3, 8, dtype=D)
+    pad = torch.tensor([[False] * 3, [False, False, True]])
+    got = jvp(lambda x: ours(x, key_padding_mask=pad, need_weights=True)[0], (x,), (tangent,))
+    expected = jvp(lambda x: theirs(x, x, x, key_padding_mask=pad)[0], (x,), (tangent,))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    xs = torch.randn(4, 2, 3, 8, dtype=D)
+    torch.testing.assert_close(vmap(lambda x: ours(x, need_weights=True)[1])(xs),
+                               torch.stack([theirs(x, x, x)[1] for x in xs]))
