@@ -51,7 +51,9 @@ def test_fullgraph_compile_training_step_matches_eager():
     x_eager = X.clone().requires_grad_()
     pad = PAD[:, :1].expand(2, 12)
     compiled(x, src_key_padding_mask=pad).square().sum().backward()
+    got = {n: p.grad for n, p in layer.named_parameters()}
     layer.zero_grad()
-    expected = {n: p.grad for n, p in layer.named_parameters()}
     layer(x_eager, src_key_padding_mask=pad).square().sum().backward()
     torch.testing.assert_close(x.grad, x_eager.grad, atol=1e-5, rtol=1e-5)
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, atol=1e-5, rtol=1e-5)
