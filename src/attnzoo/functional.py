@@ -17,6 +17,13 @@ Beyond torch:
   fused kernel; the weights are computed separately, a block of query rows at a time.
 * A query row that may attend to nothing (all keys masked) gives 0 output, 0 weights
   and finite gradients, on every path, instead of NaN.
+* NaN/Inf stored at keys/values that no query may see (padding) never reaches the
+  output (torch's kernel lets ``0 × NaN`` through).
+* Double backward (``create_graph=True``) works on the fused path, ``torch.func``
+  (``vmap``, ``jvp``, ``grad``) and forward-mode AD work, and any size may be 0.
+
+Like torch, the batch dims (all but the last two) of query, key and value broadcast,
+right-aligned: ``q (4, 3, 8)`` with ``k, v (4, 4, 6, 8)`` gives ``(4, 4, 3, 8)``.
 """
 
 from __future__ import annotations
