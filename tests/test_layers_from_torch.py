@@ -49,5 +49,5 @@ def test_from_torch_keeps_dropout_and_refuses_other_modules():
     theirs = nn.TransformerEncoderLayer(16, 4, 24, dropout=0.25)
     ours = TransformerEncoderLayer.from_torch(theirs)
     assert ours.dropout.p == ours.dropout1.p == ours.self_attn.dropout == 0.25
-    with pytest.raises(TypeError, match="layer must be a torch.nn.TransformerEncoderLayer, got TransformerDecoderLayer"):
+    with pytest.raises(TypeError, match="must be a torch.nn.TransformerEncoderLayer, got TransformerDecoderLayer"):
         TransformerEncoderLayer.from_torch(nn.TransformerDecoderLayer(16, 4))
