@@ -123,7 +123,7 @@ def test_jit_trace_and_export_equal_eager(name):
     torch.testing.assert_close(_first(exported.module()(*args)), expected)
 
 
-@pytest.mark.parametrize("name", ["mha", "encoder layer"])
+@pytest.mark.parametrize("name", ["mha", "encoder layer", "decoder layer"])
 def test_onnx_export_runs_in_onnxruntime(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
