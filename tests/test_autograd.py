@@ -74,13 +74,18 @@ def test_gradgradcheck_fused_path(mask_kind):
     torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
 
 
-def test_single_backward_is_torchs_fused_backward_bit_for_bit():
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float", "float requiring grad"])
+def test_single_backward_is_torchs_fused_backward_bit_for_bit(mask_kind):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 16, 8, generator=g, requires_grad=True) for _ in range(3))
-    mask = torch.randn(16, 16, generator=g, requires_grad=True)
+    mask = {None: None, "bool": torch.rand(16, 16, generator=g) > 0.2, "float": torch.randn(16, 16, generator=g),
+            "float requiring grad": torch.randn(16, 16, generator=g, requires_grad=True)}[mask_kind]
+    if mask_kind == "bool":
+        mask[:, 0] = True  # no fully masked rows: those are handled apart from the kernel
+    inputs = (q, k, v, mask) if mask_kind == "float requiring grad" else (q, k, v)
     dout = torch.randn(2, 4, 16, 8, generator=g)
-    expected = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), (q, k, v, mask), dout)
-    got = torch.autograd.grad(scaled_dot_product_attention(q, k, v, mask), (q, k, v, mask), dout)
+    expected = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), inputs, dout)
+    got = torch.autograd.grad(scaled_dot_product_attention(q, k, v, mask), inputs, dout)
     for e, o in zip(expected, got):
         assert torch.equal(o, e)
 
