@@ -41,3 +41,20 @@ def test_fullgraph_compile_matches_eager(name):
         expected, got = call(module), call(compiled)
     for e, g in zip(*(t if isinstance(t, tuple) else (t,) for t in (expected, got))):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_fullgraph_compile_training_step_matches_eager():
+    """The twice-differentiable attention Function steps aside under torch.compile."""
+    torch.manual_seed(0)
+    layer = az.TransformerEncoderLayer(32, 4, 64, dropout=0.0)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)
+    x = X.clone().requires_grad_()
+    x_eager = X.clone().requires_grad_()
+    pad = PAD[:, :1].expand(2, 12)
+    compiled(x, src_key_padding_mask=pad).square().sum().backward()
+    got = {n: p.grad for n, p in layer.named_parameters()}
+    layer.zero_grad()
+    layer(x_eager, src_key_padding_mask=pad).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_eager.grad, atol=1e-5, rtol=1e-5)
+    for n, p in layer.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, atol=1e-5, rtol=1e-5)

@@ -16,6 +16,16 @@ Unbatched inputs ``(L, E)`` work too and give ``(L, E)``. Mask arguments keep
 
 (The functional form, :func:`attnzoo.functional.scaled_dot_product_attention`, follows
 ``F.scaled_dot_product_attention`` instead: True = may attend.)
+
+Differences from ``nn.MultiheadAttention`` (a torch state dict loads silently, so mind
+them; :meth:`MultiHeadAttention.from_torch` copies the configuration exactly):
+``batch_first=True`` by default (torch: False); ``need_weights=False`` by default (torch:
+True); ``is_causal=True`` applies a causal mask (torch: a hint that ``attn_mask`` is
+causal); fully masked query rows give 0 instead of NaN. The module can serve as
+``self_attn``/``multihead_attn`` of torch's Transformer layers (it declines their fused
+inference path, whose kernel would bypass it), runs under autocast, supports double
+backward, and works with ``torch.fx``, ``torch.jit.trace``, ``torch.export`` and ONNX
+export; ``torch.jit.script`` raises one error naming those instead.
 """
 
 from __future__ import annotations
@@ -24,8 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_dropout, check_dtype_matches, check_mask_dtype, check_positive_int, check_tensor
-from .functional import RowIndex, sdpa
+from ._checks import check_dropout, check_positive_int
+from ._mha_layout import _batch_first_inputs, _combine_masks, _merged_mask, _restore_layout, _sdpa_pair
+from .functional import RowIndex
+
+is_fx_symbolic_tracing = torch.fx._symbolic_trace.is_fx_symbolic_tracing
 
 __all__ = ["MultiHeadAttention", "SelfAttention", "CrossAttention"]
 
@@ -72,11 +85,15 @@ class MultiHeadAttention(nn.Module):
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
         self._kv_dim = self.head_dim * self.num_kv_heads
-        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self._packed = self.kdim == embed_dim and self.vdim == embed_dim  # one in_proj_weight for q, k, v
+        # torch's Transformer layers read this flag to choose their fused inference path
+        # (torch._transformer_encoder_layer_fwd, nested tensors), which would bypass this
+        # module's forward. False makes them decline that path and call forward.
+        self._qkv_same_embed_dim = False
 
         factory = {"device": device, "dtype": dtype}
         rows = embed_dim + 2 * self._kv_dim
-        if self._qkv_same_embed_dim:
+        if self._packed:
             self.in_proj_weight = nn.Parameter(torch.empty(rows, embed_dim, **factory))
             self.register_parameter("q_proj_weight", None)
             self.register_parameter("k_proj_weight", None)
@@ -117,49 +134,68 @@ class MultiHeadAttention(nn.Module):
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this on every submodule before compiling it.
+        raise RuntimeError(
+            f"{type(self).__name__} does not support torch.jit.script (TorchScript); use torch.compile, "
+            f"torch.export.export or torch.jit.trace instead"
+        )
+
     # ----------------------------------------------------------------------------------
     def forward(
         self,
         query: Tensor,
         key: Tensor | None = None,
         value: Tensor | None = None,
-        *,
         key_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
         need_weights: bool = False,
+        attn_mask: Tensor | None = None,
         average_attn_weights: bool = True,
+        is_causal: bool = False,
         weights_for: RowIndex = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value`` (``key=None``: self-attention).
 
-        Returns ``(out, weights)``; ``weights`` is None unless ``need_weights``.
+        The arguments have ``nn.MultiheadAttention.forward``'s names and positional order
+        (query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+        is_causal), so torch's own layers can call this module as their ``self_attn``.
+        Differences: ``need_weights`` defaults to False, and ``is_causal=True`` applies a
+        causal mask (on top of ``attn_mask``, if given) instead of trusting it as a hint.
+
+        Returns ``(out, weights)``; ``weights`` is None unless ``need_weights`` (under
+        ``torch.jit.trace``, which cannot return None, it is an empty tensor instead).
         ``weights_for`` (index tensor, slice or range of query rows) returns only those
         rows' weights, so very long sequences can be inspected cheaply.
         """
+        self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key
         value = key if value is None else value
-        query, key, value, unbatched = self._check_inputs(query, key, value)
-        if unbatched:
-            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
-        B, L, S = query.size(0), query.size(1), key.size(1)
-        mask = self.combine_masks(key_padding_mask, attn_mask, B, L, S, query.dtype)
+        if not is_fx_symbolic_tracing():  # under FX the parameters are symbolic Proxies
+            self._check_parameters()
+        if isinstance(query, Tensor) and query.is_nested:  # from nn.TransformerEncoder's inference path
+            return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                        average_attn_weights, is_causal)
+        dims = (self.embed_dim, self.kdim, self.vdim, self.out_proj.weight.dtype, self.batch_first)
+        q_in = query
+        query, key, value, key_padding_mask = _batch_first_inputs(query, key, value, key_padding_mask, dims)
+        if self_attention:  # keep the identity: self-attention projects q, k, v in one GEMM
+            key = value = query
 
         q, k, v = self.project_qkv(query, key, value)  # (B, H, L, hs), (B, Hkv, S, hs) ×2
+        mask = _merged_mask(key_padding_mask, attn_mask, q, k, self.num_heads)  # in q's dtype (autocast)
         out, weights = self.attend(
             q, k, v, mask=mask, is_causal=is_causal, need_weights=need_weights,
             average_attn_weights=average_attn_weights, weights_for=weights_for,
         )
-        if unbatched:
-            out, weights = out.squeeze(0), None if weights is None else weights.squeeze(0)
-        elif not self.batch_first:
-            out = out.transpose(0, 1)  # (L, B, E)
+        out, weights = _restore_layout(out, weights, q_in, self.batch_first)
+        if weights is None and torch.jit.is_tracing():
+            weights = out.new_empty(0)  # a traced graph cannot return None
         return out, weights
 
     def project_query(self, query: Tensor) -> Tensor:
         """(B, L, E) -> per-head queries (B, H, L, hs)."""
         E = self.embed_dim
-        w = self.in_proj_weight[:E] if self._qkv_same_embed_dim else self.q_proj_weight
+        w = self.in_proj_weight[:E] if self._packed else self.q_proj_weight
         return _heads(F.linear(query, w, _rows(self.in_proj_bias, 0, E)), self.num_heads)
 
     def project_qkv(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None
@@ -167,7 +203,7 @@ class MultiHeadAttention(nn.Module):
         """Per-head q (B, H, L, hs), k and v (B, Hkv, S, hs); self-attention takes one GEMM."""
         key = query if key is None else key
         value = key if value is None else value
-        if self._qkv_same_embed_dim and query is key and key is value:
+        if self._packed and query is key and key is value:
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, E + 2·kv)
             q, k, v = qkv.split([self.embed_dim, self._kv_dim, self._kv_dim], dim=-1)
             return _heads(q, self.num_heads), _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
@@ -179,13 +215,13 @@ class MultiHeadAttention(nn.Module):
         Cross-attention can project an encoder memory once and reuse it every step.
         """
         value = key if value is None else value
-        if self._qkv_same_embed_dim and value is key:  # one GEMM for both
+        if self._packed and value is key:  # one GEMM for both
             E = self.embed_dim
             kv = F.linear(key, self.in_proj_weight[E:], _rows(self.in_proj_bias, E, None))
             k, v = kv.split(self._kv_dim, dim=-1)  # (B, S, kv) ×2
         else:
             E, kv = self.embed_dim, self._kv_dim
-            same = self._qkv_same_embed_dim
+            same = self._packed
             wk = self.in_proj_weight[E:E + kv] if same else self.k_proj_weight
             wv = self.in_proj_weight[E + kv:] if same else self.v_proj_weight
             k = F.linear(key, wk, _rows(self.in_proj_bias, E, E + kv))
@@ -210,41 +246,50 @@ class MultiHeadAttention(nn.Module):
         polarity (bool True = may attend, float = added) and broadcasts to (B, H, L, S).
         Returns ``(out (B, L, E), weights or None)``.
         """
-        res = sdpa(
-            q, k, v, mask, self.dropout if self.training else 0.0, is_causal,
-            enable_gqa=self.num_kv_heads != self.num_heads, need_weights=need_weights,
-            average_heads=average_attn_weights, weights_for=weights_for,
+        out, weights = _sdpa_pair(
+            q, k, v, mask, self.dropout if self.training else 0.0, is_causal, self.num_kv_heads != self.num_heads,
+            need_weights, average_attn_weights, weights_for,
         )
-        out, weights = res if need_weights else (res, None)
         B, _, L, _ = out.shape
         out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)
         return self.out_proj(out), weights
 
-    # ----------------------------------------------------------------------------------
+    def _forward_nested(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
+                        need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool,
+                        is_causal: bool) -> tuple[Tensor, None]:
+        """Nested (ragged, batch-first) inputs: pad, attend with the padding masked, re-nest.
 
-    def _check_inputs(self, query: object, key: object, value: object) -> tuple[Tensor, Tensor, Tensor, bool]:
-        query = check_tensor("query", query, ndim=(2, 3))
-        key = check_tensor("key", key, ndim=query.dim())
-        value = check_tensor("value", value, ndim=query.dim())
-        dtype = self.out_proj.weight.dtype
-        for name, t, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
-            check_dtype_matches(name, t, dtype, "MultiHeadAttention")
-            if t.size(-1) != dim:
-                arg = {"query": "embed_dim", "key": "kdim", "value": "vdim"}[name]
-                raise ValueError(f"{name} must have {arg}={dim} features (last dim), got shape {tuple(t.shape)}")
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-        elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        if key.shape[:2] != value.shape[:2]:
+        ``nn.TransformerEncoder`` hands its layers nested tensors in eval mode when it was
+        built around torch's own attention and this module was swapped in afterwards.
+        """
+        if not self.batch_first or need_weights or key_padding_mask is not None or attn_mask is not None:
             raise ValueError(
-                f"key and value must have the same batch size and length, got key {tuple(key.shape)} "
-                f"and value {tuple(value.shape)}" + ("" if self.batch_first else " (batch_first=False layout)")
+                "nested tensor input is supported with batch_first=True and no masks or weights only; "
+                "build nn.TransformerEncoder with enable_nested_tensor=False to avoid nested tensors"
             )
-        if query.size(0) != key.size(0):
-            raise ValueError(f"query and key must have the same batch size, got {query.size(0)} and {key.size(0)}")
-        return query, key, value, unbatched
+        lengths = [t.size(0) for t in query.unbind()]
+        padded = [t.to_padded_tensor(0.0) if t.is_nested else t for t in (query, key, value)]  # (B, T, ·)
+        S = padded[1].size(1)
+        key_lengths = torch.tensor([t.size(0) for t in key.unbind()] if key.is_nested else [S] * len(lengths),
+                                   device=padded[1].device)
+        pad = torch.arange(S, device=key_lengths.device) >= key_lengths[:, None]  # (B, S) True = padding
+        same = key is query
+        out, _ = self.forward(padded[0], padded[0] if same else padded[1], padded[0] if same else padded[2],
+                              key_padding_mask=pad, is_causal=is_causal)  # (B, L, E)
+        return torch.nested.nested_tensor([o[:n] for o, n in zip(out, lengths)]), None
+
+    # ----------------------------------------------------------------------------------
+    def _check_parameters(self) -> None:
+        """All parameters share one dtype (a bias in another dtype would fail inside F.linear)."""
+        dtype = self.out_proj.weight.dtype
+        names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "out_proj.bias")
+        for name in names:
+            p = self.out_proj.bias if name == "out_proj.bias" else getattr(self, name)
+            if p is not None and p.dtype != dtype:
+                raise TypeError(
+                    f"MultiHeadAttention parameters must share one dtype, got out_proj.weight {dtype} "
+                    f"and {name} {p.dtype}; convert the module with module.to({dtype})"
+                )
 
     def combine_masks(self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
                       dtype: torch.dtype) -> Tensor | None:
@@ -253,33 +298,7 @@ class MultiHeadAttention(nn.Module):
         Returns None, a bool mask (True = may attend) or a float bias, shaped to broadcast
         to (B, H, L, S); this is what :meth:`attend` takes as ``mask``.
         """
-        masks = []
-        if key_padding_mask is not None:
-            check_mask_dtype("key_padding_mask", key_padding_mask)
-            if key_padding_mask.shape != (B, S):
-                raise ValueError(f"key_padding_mask must have shape (B, S) = {(B, S)}, got {tuple(key_padding_mask.shape)}")
-            masks.append(key_padding_mask.view(B, 1, 1, S))
-        if attn_mask is not None:
-            check_mask_dtype("attn_mask", attn_mask)
-            if attn_mask.shape == (L, S):
-                masks.append(attn_mask)
-            elif attn_mask.shape == (B * self.num_heads, L, S):
-                masks.append(attn_mask.view(B, self.num_heads, L, S))
-            else:
-                raise ValueError(
-                    f"attn_mask must have shape (L, S) = {(L, S)} or (B*num_heads, L, S) = "
-                    f"{(B * self.num_heads, L, S)}, got {tuple(attn_mask.shape)}"
-                )
-        if not masks:
-            return None
-        if all(m.dtype == torch.bool for m in masks):
-            allowed = ~masks[0]
-            return allowed if len(masks) == 1 else allowed & ~masks[1]
-        total = None
-        for m in masks:  # mixed or float masks: add them as score biases
-            bias = m.to(dtype) if m.is_floating_point() else torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
-            total = bias if total is None else total + bias
-        return total
+        return _combine_masks(key_padding_mask, attn_mask, B, L, S, dtype, self.num_heads)
 
 
 class SelfAttention(MultiHeadAttention):
@@ -296,6 +315,14 @@ class SelfAttention(MultiHeadAttention):
         is_causal: bool = False, need_weights: bool = False, average_attn_weights: bool = True,
         weights_for: RowIndex = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """Self-attention over ``x`` (B, L, E) (or (L, B, E) with ``batch_first=False``, or (L, E)).
+
+        ``key_padding_mask`` (B, L): True = padding. ``attn_mask`` (L, L) or (B·H, L, L):
+        bool True = NOT allowed, float added. ``is_causal=True`` hides later positions.
+        Returns ``(out, weights)``: ``out`` shaped like ``x``; ``weights`` (B, L, L), or
+        (B, H, L, L) with ``average_attn_weights=False``, only with ``need_weights=True``
+        (else None); ``weights_for`` selects query rows of the weights.
+        """
         return super().forward(
             x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
             need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
@@ -317,6 +344,13 @@ class CrossAttention(MultiHeadAttention):
         attn_mask: Tensor | None = None, need_weights: bool = False, average_attn_weights: bool = True,
         weights_for: RowIndex = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """Queries from ``x`` (B, L, E) attend over ``context`` (B, S, context_dim).
+
+        ``context_padding_mask`` (B, S): True = padding. ``attn_mask`` (L, S) or (B·H, L, S):
+        bool True = NOT allowed, float added. Returns ``(out (B, L, E), weights)``;
+        ``weights`` (B, L, S), or (B, H, L, S) with ``average_attn_weights=False``, only
+        with ``need_weights=True`` (else None); ``weights_for`` selects query rows.
+        """
         return super().forward(
             x, context, context, key_padding_mask=context_padding_mask, attn_mask=attn_mask,
             need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
@@ -332,3 +366,8 @@ def _heads(x: Tensor, n: int) -> Tensor:
 def _rows(bias: Tensor | None, a: int, b: int | None) -> Tensor | None:
     return None if bias is None else bias[a:b]
 
+
+# torch.fx.symbolic_trace records these as single calls: they branch on shapes and on
+# forward's arguments, which are symbolic Proxies while FX traces.
+for _name in ("_batch_first_inputs", "_merged_mask", "_restore_layout", "_sdpa_pair"):
+    torch.fx.wrap(_name)

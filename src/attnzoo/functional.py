@@ -17,6 +17,13 @@ Beyond torch:
   fused kernel; the weights are computed separately, a block of query rows at a time.
 * A query row that may attend to nothing (all keys masked) gives 0 output, 0 weights
   and finite gradients, on every path, instead of NaN.
+* NaN/Inf stored at keys/values that no query may see (padding) never reaches the
+  output (torch's kernel lets ``0 × NaN`` through).
+* Double backward (``create_graph=True``) works on the fused path, ``torch.func``
+  (``vmap``, ``jvp``, ``grad``) and forward-mode AD work, and any size may be 0.
+
+Like torch, the batch dims (all but the last two) of query, key and value broadcast,
+right-aligned: ``q (4, 3, 8)`` with ``k, v (4, 4, 6, 8)`` gives ``(4, 4, 3, 8)``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_dropout, check_mask_dtype, check_tensor
+from ._fused_autograd import fused_attention, math_attention, needs_math
 
 __all__ = ["attention_reference", "attention_weights", "scaled_dot_product_attention"]
 
@@ -62,27 +70,10 @@ def attention_reference(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """softmax(Q Kᵀ · scale + mask) V, written as the math (same arguments as the fast path)."""
     _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
-    L, S = query.size(-2), key.size(-2)
-    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     if enable_gqa:  # every group of query heads shares one key/value head
         key = key.repeat_interleave(query.size(-3) // key.size(-3), dim=-3)
         value = value.repeat_interleave(query.size(-3) // value.size(-3), dim=-3)
-
-    scores = query @ key.transpose(-2, -1) * scale  # (*, L, S)
-    allowed = torch.ones(L, S, dtype=torch.bool, device=query.device)
-    if is_causal:
-        allowed = allowed.tril()  # query i sees keys 0..i
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        allowed = allowed & attn_mask
-    elif attn_mask is not None:
-        scores = scores + attn_mask
-    scores = scores.masked_fill(~allowed, float("-inf"))
-
-    empty = scores.isneginf().all(dim=-1, keepdim=True)  # rows that may attend to nothing
-    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-    if dropout_p > 0.0:
-        weights = F.dropout(weights, p=dropout_p)
-    out = weights @ value  # (*, L, Ev)
+    out, weights = math_attention(query, key, value, attn_mask, dropout_p, is_causal, scale)
     return (out, weights) if need_weights else out
 
 
@@ -108,7 +99,11 @@ def scaled_dot_product_attention(
     With ``dropout_p > 0`` and ``need_weights`` the output is computed from the returned
     (dropped-out) weights, so ``out == weights @ value`` still holds.
     """
-    _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
+    batch = _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
+    if not enable_gqa:  # batch dims broadcast between query, key and value, as in torch
+        query = query.expand(*batch, *query.shape[-2:])  # (*, L, E)
+        key = key.expand(*batch, *key.shape[-2:])  # (*, S, E)
+        value = value.expand(*batch, *value.shape[-2:])  # (*, S, Ev)
     return sdpa(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
         need_weights=need_weights, weights_for=weights_for,
@@ -140,6 +135,18 @@ def sdpa(
         groups = query.size(-3) // key.size(-3)
         key = key.repeat_interleave(groups, dim=-3)  # (*, H, S, E)
         value = value.repeat_interleave(groups, dim=-3)  # (*, H, S, Ev)
+    if attn_mask is not None:  # keys no query may see: 0, so NaN/Inf stored there stays out
+        key, value = _zero_hidden_keys(key, value, attn_mask)
+
+    if needs_math(query, key, value, attn_mask):  # empty sizes, torch.func, forward AD
+        out, weights = math_attention(query, key, value, attn_mask, dropout_p, is_causal, scale)
+        if not need_weights:
+            return out
+        if average_heads:
+            weights = weights.mean(dim=-3)  # (*, L, S) without the head dim
+        if weights_for is not None:
+            weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
+        return out, weights
 
     if need_weights and dropout_p > 0.0:
         # Dropout acts on the weights themselves, so the output must come from them.
@@ -174,10 +181,10 @@ def _fused(
     (only the blocked path passes one, always with a mask).
     """
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal, scale=scale)
+        return fused_attention(q, k, v, None, p, causal, scale)
     mask = _merge_causal(mask, causal, q.size(-2), k.size(-2), offset)
     mask, empty = _open_empty_rows(mask)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
+    out = fused_attention(q, k, v, mask, p, False, scale)
     return out.masked_fill(empty, 0.0)  # (*, L, Ev); zero output, zero gradient
 
 
@@ -388,6 +395,19 @@ def _open_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
     return mask.masked_fill(empty, 0.0), empty
 
 
+def _zero_hidden_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero the keys/values that no query may see (a padded key column).
+
+    Their weights are exactly 0, but the fused kernel still multiplies: 0 × NaN = NaN.
+    """
+    if mask.dtype == torch.bool:
+        hidden = ~mask.any(dim=-2)  # (..., S)
+    else:
+        hidden = mask.isneginf().all(dim=-2)  # (..., S)
+    hidden = hidden.unsqueeze(-1)  # (..., S, 1)
+    return key.masked_fill(hidden, 0.0), value.masked_fill(hidden, 0.0)
+
+
 def _row_index(rows: RowIndex, L: int, device: torch.device) -> Tensor:
     if isinstance(rows, (slice, range)):
         rows = range(L)[rows] if isinstance(rows, slice) else rows
@@ -405,45 +425,46 @@ def _row_index(rows: RowIndex, L: int, device: torch.device) -> Tensor:
 def _validate(
     query: object, key: object, value: object, attn_mask: object, dropout_p: object,
     enable_gqa: bool,
-) -> None:
+) -> tuple[int, ...]:
+    """Check the arguments; return the batch dims the three inputs broadcast to."""
     q = check_tensor("query", query)
     k = check_tensor("key", key)
     v = check_tensor("value", value)
     for name, t in (("query", q), ("key", k), ("value", v)):
         if t.dim() < 2:
             raise ValueError(f"{name} must have shape (..., length, features), got {tuple(t.shape)}")
-    if not (q.dim() == k.dim() == v.dim()):
-        raise ValueError(
-            f"query, key and value must have the same rank, got shapes "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"query, key and value must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.size(-1) != k.size(-1):
         raise ValueError(
             f"query and key must have the same head dim (last dim), got {q.size(-1)} and {k.size(-1)}"
         )
-    if k.shape[:-1] != v.shape[:-1]:
+    if k.size(-2) != v.size(-2):
         raise ValueError(
-            f"key and value must agree in batch dims and length, got key {tuple(k.shape)} "
+            f"key and value must have the same length (dim -2), got key {tuple(k.shape)} "
             f"and value {tuple(v.shape)}"
         )
-    qb, kb = q.shape[:-2], k.shape[:-2]
+    qb, kb, vb = q.shape[:-2], k.shape[:-2], v.shape[:-2]
     if enable_gqa and q.dim() >= 3:
-        if qb[:-1] != kb[:-1] or qb[-1] % kb[-1] != 0:
+        if not (q.dim() == k.dim() == v.dim()) or kb != vb or qb[:-1] != kb[:-1] or qb[-1] % kb[-1] != 0:
             raise ValueError(
                 f"with enable_gqa, query heads (dim -3) must be a multiple of key heads and "
-                f"other batch dims equal, got query {tuple(q.shape)} and key {tuple(k.shape)}"
+                f"other batch dims equal, got query {tuple(q.shape)}, key {tuple(k.shape)} "
+                f"and value {tuple(v.shape)}"
             )
-    elif qb != kb:
-        raise ValueError(
-            f"query and key must have the same batch dims, got query {tuple(q.shape)} and "
-            f"key {tuple(k.shape)}"
-        )
+        batch = tuple(qb)
+    else:
+        try:  # leading (batch) dims broadcast, right-aligned, as torch's SDPA allows
+            batch = tuple(torch.broadcast_shapes(qb, kb, vb))
+        except RuntimeError:
+            raise ValueError(
+                f"query, key and value batch dims (all but the last two) must broadcast, got query "
+                f"{tuple(q.shape)}, key {tuple(k.shape)} and value {tuple(v.shape)}"
+            ) from None
     check_dropout("dropout_p", dropout_p)
     if attn_mask is not None:
         check_mask_dtype("attn_mask", attn_mask)
-        target = (*qb, q.size(-2), k.size(-2))
+        target = (*batch, q.size(-2), k.size(-2))
         try:
             ok = torch.broadcast_shapes(attn_mask.shape, target) == torch.Size(target)
         except RuntimeError:
@@ -454,3 +475,4 @@ def _validate(
             )
         if attn_mask.is_floating_point() and attn_mask.dtype != q.dtype:
             raise TypeError(f"a float attn_mask must have the query's dtype {q.dtype}, got {attn_mask.dtype}")
+    return batch

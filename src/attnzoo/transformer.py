@@ -9,9 +9,20 @@ same submodule names (state dicts load both ways), same mask names and polarity:
 * ``is_causal`` / ``tgt_is_causal`` APPLY a causal mask (query i sees keys 0..i), alone or
   on top of a given mask; in torch they are only hints about the mask passed.
 
-Differences from torch: pre-norm (``norm_first=True``) by default; the decoder's
-``tgt_is_causal=True`` by default (pass ``tgt_is_causal=False`` to use ``tgt_mask`` alone);
-query rows that may attend to nothing give zeros instead of NaN.
+Differences from torch (a torch state dict loads silently, so mind them; ``from_torch``
+copies a torch layer's configuration exactly):
+
+* ``norm_first=True`` (pre-norm) by default; torch: False (post-norm).
+* ``batch_first=True`` by default; torch: False (length first).
+* the decoder's ``tgt_is_causal=True`` by default (pass ``tgt_is_causal=False`` to use
+  ``tgt_mask`` alone); torch: False, and its ``tgt_mask`` is needed for causality.
+* ``is_causal``/``tgt_is_causal``/``memory_is_causal`` apply a causal mask; torch treats
+  them as hints that the given mask is causal.
+* query rows that may attend to nothing give zeros instead of NaN.
+
+The layers work inside torch's own machinery: autocast, ``torch.compile``,
+``torch.fx.symbolic_trace``, ``torch.jit.trace``, ``torch.export`` and ONNX export;
+``torch.jit.script`` raises one error naming those instead.
 """
 
 from __future__ import annotations
@@ -24,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_dropout, check_positive_int, check_tensor
-from .attention import MultiHeadAttention
 from ._decode_graph import GraphedStep, graph_blocker
+from .attention import MultiHeadAttention, is_fx_symbolic_tracing
 from .kvcache import DecodeState, KVCache, MemoryKV, attend_cached, attend_memory, project_memory
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "Seq2SeqTransformer"]
@@ -36,6 +47,8 @@ Activation = str | Callable[[Tensor], Tensor]
 
 class _Layer(nn.Module):
     """What both layers share: argument checks, feed-forward block, norms and dropouts."""
+
+    _torch_class: type[nn.Module]  # the torch layer this one mirrors (for from_torch)
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, norm_first: bool,
                  activation: Activation, layer_norm_eps: float, bias: bool, n_blocks: int, factory: dict) -> None:
@@ -60,6 +73,30 @@ class _Layer(nn.Module):
         self._attn_kw = {"dropout": dropout, "bias": bias, **factory}
         self._ff_dropout = f"dropout{n_blocks}"  # the feed-forward block's output dropout, as torch
 
+    @classmethod
+    def from_torch(cls, layer: nn.Module) -> _Layer:
+        """The exact copy of torch's layer: weights, ``batch_first``, ``norm_first``, activation,
+        ``layer_norm_eps``, dropout, bias, device, dtype and training mode.
+
+        The call conventions still differ (see the module docstring): the decoder's
+        ``tgt_is_causal`` defaults to True here (pass ``tgt_is_causal=False`` for torch's
+        unmasked default), and ``is_causal`` applies a causal mask rather than hinting one.
+        """
+        kind = cls._torch_class
+        if not isinstance(layer, kind):
+            raise TypeError(f"layer must be a torch.nn.{kind.__name__}, got {type(layer).__name__}")
+        attn = layer.self_attn
+        if not isinstance(attn, nn.MultiheadAttention) or attn.bias_k is not None or attn.add_zero_attn:
+            raise ValueError("layer.self_attn must be a plain nn.MultiheadAttention (no add_bias_kv/add_zero_attn)")
+        w = layer.linear1.weight
+        new = cls(
+            attn.embed_dim, attn.num_heads, layer.linear1.out_features, layer.dropout.p,
+            norm_first=layer.norm_first, activation=layer.activation, layer_norm_eps=layer.norm1.eps,
+            batch_first=attn.batch_first, bias=layer.linear1.bias is not None, device=w.device, dtype=w.dtype,
+        )
+        new.load_state_dict(layer.state_dict())
+        return new.train(layer.training)
+
     def _ff_block(self, x: Tensor) -> Tensor:
         x = self.dropout(self.activation(self.linear1(x)))  # (B, T, dim_feedforward)
         return getattr(self, self._ff_dropout)(self.linear2(x))
@@ -76,7 +113,11 @@ class TransformerEncoderLayer(_Layer):
     """Self-attention then feed-forward, each a residual block; pre-norm unless ``norm_first=False``.
 
     ``src`` (B, S, E) -> (B, S, E); with ``batch_first=False`` (S, B, E); unbatched (S, E).
+    Defaults differ from ``nn.TransformerEncoderLayer``: ``norm_first=True``,
+    ``batch_first=True``; ``is_causal=True`` applies a causal mask.
     """
+
+    _torch_class = nn.TransformerEncoderLayer
 
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, *,
@@ -91,7 +132,8 @@ class TransformerEncoderLayer(_Layer):
     def forward(self, src: Tensor, src_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
                 is_causal: bool = False) -> Tensor:
         """Masks as ``nn.TransformerEncoderLayer``: True = blocked / padding (see module doc)."""
-        check_tensor("src", src, ndim=(2, 3))
+        if not is_fx_symbolic_tracing():  # FX Proxies carry no type or shape to check
+            check_tensor("src", src, ndim=(2, 3))
 
         def self_attn(h: Tensor) -> Tensor:
             h, _ = self.self_attn(h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal)
@@ -105,7 +147,11 @@ class TransformerDecoderLayer(_Layer):
 
     ``tgt`` (B, T, E), ``memory`` (B, S, E) -> (B, T, E) (``batch_first=False``: length first).
     Token-by-token decoding: :meth:`precompute_memory` once, then :meth:`forward_step`.
+    Defaults differ from ``nn.TransformerDecoderLayer``: ``norm_first=True``,
+    ``batch_first=True``, and ``forward(..., tgt_is_causal=True)`` applies a causal mask.
     """
+
+    _torch_class = nn.TransformerDecoderLayer
 
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1, *,
@@ -128,8 +174,9 @@ class TransformerDecoderLayer(_Layer):
         ``tgt_is_causal=True`` (default) hides later target tokens with no ``tgt_mask``
         needed; a given ``tgt_mask`` is applied on top.
         """
-        check_tensor("tgt", tgt, ndim=(2, 3))
-        check_tensor("memory", memory, ndim=tgt.dim())
+        if not is_fx_symbolic_tracing():  # FX Proxies carry no type or shape to check
+            check_tensor("tgt", tgt, ndim=(2, 3))
+            check_tensor("memory", memory, ndim=tgt.dim())
 
         def self_attn(h: Tensor) -> Tensor:
             h, _ = self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask, is_causal=tgt_is_causal)
