@@ -377,7 +377,8 @@ def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *
     names = [str(name) for name in results]
     m, s = np.stack(pairs).T
     long = any(len(n) > 10 for n in names)
-    fig = _new_figure(min(14.0, max(4.5, 0.75 * len(names) + 2.0)), 3.8 + (0.6 if long else 0.0))
+    width = max(4.5, 0.75 * len(names) + 2.0, 0.085 * len(title or ""))  # room for the title
+    fig = _new_figure(min(14.0, width), 3.8 + (0.6 if long else 0.0))
     ax = fig.subplots()
     x = np.arange(len(names))
     palette = _colors(len(names)) if colors is None else [colors.get(n) for n in results]

@@ -83,7 +83,7 @@ class SpeechBudget:
 
 FULL = {
     "vision": VisionBudget(n_train=2500, n_test=1000, epochs=8),
-    "resnet": ResNetBudget(n_train=2500, n_test=1000, epochs=8),
+    "resnet": ResNetBudget(n_train=2000, n_test=1000, epochs=4, batch_size=32, lr=4e-3),
     "speech": SpeechBudget(epochs=30),
     "dates": DatesBudget(n_train=6400, n_test=1000, epochs=6),
 }

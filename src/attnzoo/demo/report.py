@@ -28,10 +28,12 @@ def verdict(name: str, cmp: dict[str, Any], against: str = "the baseline") -> st
     who = SHORT[name]
     detail = f"paired over {n} seeds; 95% interval {lo:+.1f} to {hi:+.1f} points"
     if n < 2:
-        return f"{who} − {against}: {m:+.1f} points from a single seed, too few to tell."
+        text = f"{who} − {against}: {m:+.1f} points from a single seed, too few to tell."
+        return text[0].upper() + text[1:]
     if cmp["significant"]:
         word = "beat" if m > 0 else "did worse than"
-        return f"{who} {word} {against} by {abs(m):.1f} ± {s:.1f} points ({detail})."
+        text = f"{who} {word} {against} by {abs(m):.1f} ± {s:.1f} points ({detail})."
+        return text[0].upper() + text[1:]
     return (f"No significant difference between {who} and {against}: {m:+.1f} ± {s:.1f} points "
             f"({detail}, which includes 0).")
 
@@ -43,7 +45,8 @@ def resnet_text(r: dict[str, Any]) -> list[str]:
     base = m["resnet"]
     out = ["Test accuracy against the plain ResNet (" + acc(base["accuracy_mean"], base["accuracy_std"]) + "): " +
            "; ".join(f"{SHORT[n]} {acc(m[n]['accuracy_mean'], m[n]['accuracy_std'])} "
-                     f"({_signed(r['comparisons'][f'{n}_vs_resnet'])})" for n in m if n != "resnet") + "."]
+                     f"({_signed(r['comparisons'][f'{n}_vs_resnet'])})" for n in RESNET_NAMES
+                     if n in m and n != "resnet") + "."]
     for kind in ("se", "cbam"):
         b, c = m[f"{kind}_blocks"], m[f"{kind}_convs"]
         cmp = r["gap_comparisons"][f"{kind}_convs_vs_blocks"]
@@ -74,7 +77,8 @@ def _signed(cmp: dict[str, Any]) -> str:
 def speech_text(sp: dict[str, Any]) -> list[str]:
     """The speech findings: the three heads, the target, and where the attention looks."""
     m, a = sp["models"], sp["attention"]
-    heads = ", ".join(f"{SPEECH_NAMES[h]} {acc(m[h]['accuracy_mean'], m[h]['accuracy_std'])}" for h in m)
+    heads = ", ".join(f"{SPEECH_NAMES[h]} {acc(m[h]['accuracy_mean'], m[h]['accuracy_std'])}"
+                      for h in SPEECH_NAMES if h in m)
     att = m["attention"]["accuracy_mean"]
     target = (f"the attention model reached {att:.3f}, meeting the {SPEECH_TARGET:.2f} that strong published "
               "methods reach on this split" if att >= SPEECH_TARGET else
@@ -428,3 +432,55 @@ def summary(results: dict[str, Any], index: str) -> str:
     lines += [f"{topic}: {text}" for topic, text in findings(results)]
     lines.append(f"report: {index}")
     return "\n".join(lines)
+
+
+def _md_table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def readme_results(results: dict[str, Any], quick: dict[str, Any] | None = None) -> str:
+    """README's tour results (tables and findings) as Markdown, generated from the
+    ``results.json`` of a real default run (and, for the quick run's time, of a quick run),
+    so README cannot drift from what the tour measured; ``tests/test_demo.py`` checks it."""
+    env = results["environment"]
+    load = env.get("load_average_1min_at_start")
+    out = [f"Run `{env.get('command', 'attnzoo demo')}` on {env.get('date', '?')}: attnzoo {env.get('attnzoo', '?')}, "
+           f"torch {env['torch']}, {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
+           f"{env['threads']} thread used), {results['seconds']:.0f} s in all"
+           + (f"; load average {load:.1f} at the start (other work on the machine slows every timing)"
+              if load is not None else "") + "."]
+    if quick is not None:
+        qe = quick["environment"]
+        qload = qe.get("load_average_1min_at_start")
+        out[0] += (f" `{qe.get('command', 'attnzoo demo --quick')}`: {quick['seconds']:.0f} s"
+                   + (f" (load average {qload:.1f})" if qload is not None else "") + ".")
+    v = results.get("vision")
+    if v:
+        n = len(v["seeds"])
+        out.append(_md_table(["small CNN on cluttered digits", f"test accuracy ({n} seed{'s' if n != 1 else ''})", "train accuracy",
+                              "parameters", "train s / seed"],
+                             [[NAMES[k], acc(m["accuracy_mean"], m["accuracy_std"]), f"{m['train_accuracy_mean']:.3f}",
+                               f"{m['params']:,}", f"{m['seconds']:.1f}"]
+                              for k, m in ((k, v["models"][k]) for k in NAMES if k in v["models"])]))
+    r = results.get("resnet")
+    if r:
+        n = len(r["seeds"])
+        out.append(_md_table(["small ResNet + `add_attention`", "gates", "parameters", "train accuracy",
+                              f"test accuracy ({n} seed{'s' if n != 1 else ''})", "train − test (points)"],
+                             [[RESNET_NAMES[k], m["gates"], f"{m['params']:,}", f"{m['train_accuracy_mean']:.3f}",
+                               acc(m["accuracy_mean"], m["accuracy_std"]), f"{m['gap_points_mean']:+.1f}"]
+                              for k, m in ((k, r["models"][k]) for k in RESNET_NAMES if k in r["models"])]))
+    sp = results.get("speech")
+    if sp:
+        n = len(sp["seeds"])
+        out.append(_md_table(["Japanese Vowels speaker ID, GRU + head", f"test accuracy ({n} seed{'s' if n != 1 else ''})", "parameters"],
+                             [[SPEECH_NAMES[k], acc(m["accuracy_mean"], m["accuracy_std"]), f"{m['params']:,}"]
+                              for k, m in ((k, sp["models"][k]) for k in SPEECH_NAMES if k in sp["models"])]))
+    d = results.get("dates")
+    if d:
+        out.append(_md_table(["dates Transformer", "exact match", "character accuracy", "held-out dates", "parameters"],
+                             [["encoder-decoder", f"{d['exact_match']:.3f}", f"{d['char_accuracy']:.3f}", d["n_test"],
+                               f"{d['params']:,}"]]))
+    out.append("\n".join(f"* **{topic}.** {text}" for topic, text in findings(results)))
+    return "\n\n".join(out) + "\n"

@@ -286,6 +286,6 @@ def _figures(viz: Any, fig_dir: Any, budget: VisionBudget, runs: dict, models: d
     for stage in range(1, len(gates) + 1):
         name = f"cbam_spatial_stage{stage}.png"
         viz.plot_spatial_overlay(test.images[:k], gates[stage - 1], fig_dir / name, boxes=test.boxes[:k],
-                                 titles=titles, ncols=4, vmin=0.0, vmax=1.0, side_by_side=True)
+                                 titles=titles, ncols=2, vmin=0.0, vmax=1.0, side_by_side=True)
         figs[f"cbam_stage{stage}"] = name
     return figs
