@@ -272,3 +272,30 @@ def test_readme_tour_results_match_the_committed_results_file():
     assert _readme_block() == readme_results(default, quick), (
         "README's tour results differ from docs/results/demo-default.json; regenerate them with "
         "attnzoo.demo.report.readme_results")
+
+
+@pytest.mark.parametrize("head", ["last", "mean", "attention"])
+def test_speech_heads_ignore_padding(head):
+    """What follows an utterance's end (padding) cannot change any head's output."""
+    import torch
+
+    from attnzoo.demo.speech import SpeakerNet
+
+    torch.manual_seed(0)
+    model = SpeakerNet(head, hidden=8).double().eval()
+    lengths = torch.tensor([3, 7, 5])
+    x = torch.randn(3, 7, 12, dtype=torch.float64)
+    pad = torch.arange(7) >= lengths[:, None]  # (B, T), True = padding
+    noisy = x.masked_fill(pad[..., None], 0.0) + 100.0 * torch.randn_like(x) * pad[..., None]
+    assert torch.equal(model(x.masked_fill(pad[..., None], 0.0), lengths), model(noisy, lengths))
+    assert torch.allclose(model(x[:1, :3], lengths[:1]), model(x, lengths)[:1], atol=1e-12)
+
+
+def test_new_plots_reject_bad_input(tmp_path):
+    from attnzoo import viz
+
+    with pytest.raises(ValueError, match=r"lengths must have shape \(2,\) with values in 1\.\.3, got \[1\.0, 4\.0\]"):
+        viz.plot_sequence_weights([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], [1, 4], tmp_path / "w.png")
+    with pytest.raises(ValueError, match=r"results\['x'\] must be a finite \(train, test_mean, test_std\) triple"):
+        viz.plot_train_test_bars({"x": (0.9, 0.8, -0.1)}, tmp_path / "b.png")
+    assert not list(tmp_path.iterdir())

@@ -276,6 +276,10 @@ def _side_by_side(img: np.ndarray, gate: np.ndarray, box: np.ndarray | None, tit
         a_gate.set_axis_off()
         if i >= n:
             continue
+        for ax in (a_img, a_gate):  # a thin frame shows the canvas's edge on white
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
         a_img.imshow(img[i], cmap="gray_r", interpolation="nearest")
         gh, gw = gate[i].shape
         im = a_gate.imshow(gate[i], cmap=ATTN_CMAP, vmin=vmin, vmax=vmax, interpolation="nearest",
@@ -377,7 +381,7 @@ def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *
     names = [str(name) for name in results]
     m, s = np.stack(pairs).T
     long = any(len(n) > 10 for n in names)
-    width = max(4.5, 0.75 * len(names) + 2.0, 0.085 * len(title or ""))  # room for the title
+    width = max(4.5, 0.75 * len(names) + 2.0, 0.1 * len(title or ""))  # room for the title
     fig = _new_figure(min(14.0, width), 3.8 + (0.6 if long else 0.0))
     ax = fig.subplots()
     x = np.arange(len(names))
