@@ -448,12 +448,15 @@ def readme_results(results: dict[str, Any], quick: dict[str, Any] | None = None)
     out = [f"Run `{env.get('command', 'attnzoo demo')}` on {env.get('date', '?')}: attnzoo {env.get('attnzoo', '?')}, "
            f"torch {env['torch']}, {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
            f"{env['threads']} thread used), {results['seconds']:.0f} s in all"
+           + (f" ({results['cpu_seconds']:.0f} s of CPU time, about what it takes on an idle machine)"
+              if "cpu_seconds" in results else "")
            + (f"; load average {load:.1f} at the start (other work on the machine slows every timing)"
               if load is not None else "") + "."]
     if quick is not None:
         qe = quick["environment"]
         qload = qe.get("load_average_1min_at_start")
         out[0] += (f" `{qe.get('command', 'attnzoo demo --quick')}`: {quick['seconds']:.0f} s"
+                   + (f" ({quick['cpu_seconds']:.0f} s of CPU time)" if "cpu_seconds" in quick else "")
                    + (f" (load average {qload:.1f})" if qload is not None else "") + ".")
     v = results.get("vision")
     if v:
