@@ -66,11 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {DEFAULT_OUT}/). It is replaced as a whole at the end, and only if it "
                              "is empty or an earlier report")
     parser.add_argument("--quick", action="store_true",
-                        help="small budget: under a minute on 2 CPU cores instead of about 3 minutes; "
-                             "the same files and keys, much less accurate numbers; for tests and a first look")
+                        help="a smoke run: small budgets, about a minute of CPU instead of about five; the same "
+                             "files and keys, numbers that only show every model learns; for tests and a first look")
     parser.add_argument("--seed", metavar="N", type=_seed, default=0,
-                        help="base random seed, an integer >= 0 (default: 0); the vision models use seeds "
-                             "N, N+1, N+2; the same seed gives the same numbers")
+                        help="base random seed, an integer >= 0 (default: 0); repeated trainings use seeds "
+                             "N, N+1, N+2 (fewer with --quick); the same seed gives the same numbers")
     parser.add_argument("--only", choices=PARTS, metavar="{" + ",".join(PARTS) + "}",
                         help="run one part only: 'vision' (SE and CBAM on cluttered digits), 'resnet' (SE/CBAM "
                              "added to a ResNet per block or after every conv), 'speech' (temporal attention, "
