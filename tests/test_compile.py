@@ -25,6 +25,7 @@ CASES = {
     "cross-attention, padding": (lambda: az.CrossAttention(32, 24, 4), lambda m: m(X, CTX, context_padding_mask=PAD)),
     "squeeze-excite": (lambda: az.SqueezeExcite(32, 4), lambda m: m(FMAP)),
     "cbam": (lambda: az.CBAM(32, 4), lambda m: m(FMAP)),
+    "temporal, padding": (lambda: az.TemporalAttention(32, num_queries=2), lambda m: m(X, torch.arange(12) >= torch.tensor([[12], [7]]))),
     "encoder layer": (lambda: az.TransformerEncoderLayer(32, 4, 64), lambda m: m(X)),
     "decoder layer": (lambda: az.TransformerDecoderLayer(32, 4, 64), lambda m: m(X, MEMORY)),
 }

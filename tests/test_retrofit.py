@@ -18,12 +18,7 @@ from attnzoo.retrofit import ScaledSigmoid
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def hf_resnet(layer_type: str, seed: int = 0) -> nn.Module:
@@ -72,6 +67,7 @@ def test_se_resnet50_parameter_count():
     az.add_attention(model, "se", reduction=16)
     gates = az.find_attention(model)
     assert len(gates) == 16  # one per bottleneck
+    assert all(p.is_meta for _, g in gates for p in g.parameters())  # made where the model lives
     assert [g.channels for _, g in gates] == [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 3
     # the SENet count: 2/r sum_s N_s C_s^2 weights, plus the biases (C/r + C per block)
     expected = sum(n * (2 * c * c // 16 + c // 16 + c) for n, c in zip(cfg.depths, cfg.hidden_sizes))
@@ -161,9 +157,9 @@ def test_plain_sequential_cnn_and_callable_where():
     az.add_attention(seq, "cbam", where="convs", init="identity", reduction=2)
     assert [(n, g.channel.channels) for n, g in az.find_attention(seq)] == [("0.attnzoo_gate", 8), ("3.attnzoo_gate", 4)]
     assert torch.equal(seq(x), ref)
-    seq2 = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    seq2 = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).double()
     az.add_attention(seq2, "se", where=lambda name, m: isinstance(m, nn.BatchNorm2d), reduction=4)
-    assert [n for n, _ in az.find_attention(seq2)] == ["1.attnzoo_gate"]
+    assert [(n, g.fc1.weight.dtype) for n, g in az.find_attention(seq2)] == [("1.attnzoo_gate", torch.float64)]
     with pytest.raises(ValueError, match=r"cannot tell the channel count after '2' \(ReLU\)"):
         az.add_attention(seq2, "se", where=lambda name, m: isinstance(m, nn.ReLU))
     with pytest.raises(ValueError, match="'1' already has a gate from add_attention"):
@@ -211,6 +207,25 @@ def test_copy_pickle_and_state_dict_round_trip():
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, model(x).logits) and torch.equal(fresh(x).logits, model(x).logits)
+
+
+class RegisteredBackwards(nn.Module):
+    """Its last registered layer is not its last executed one: the channel guess is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.late = nn.Conv2d(8, 4, 1)
+        self.early = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return self.late(self.early(x))
+
+
+def test_a_wrong_channel_guess_fails_loudly_naming_the_place():
+    net = nn.Sequential(RegisteredBackwards())
+    az.add_attention(net, "se", where=lambda name, m: name == "0", reduction=2)
+    with pytest.raises(ValueError, match=r"the SqueezeExcite that add_attention put after '0': x must have 8 channels"):
+        net(torch.randn(1, 3, 4, 4))
 
 
 class BranchEndsInAnOp(nn.Module):

@@ -24,12 +24,7 @@ F64 = torch.float64
 FAST = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(score: str = "additive", d: int = 5, q: int = 1, seed: int = 0, **kw) -> TemporalAttention:
@@ -233,3 +228,16 @@ def test_bad_arguments_name_the_argument():
         m(torch.randn(2, 5, 4), [[True] * 5] * 2)
     with pytest.raises(TypeError, match="lengths must be an integer torch.Tensor"):
         padding_mask_from_lengths(torch.tensor([1.0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_with_nan_in_padding():
+    m = build("additive", d=6, q=2).float()
+    x = rand(3, 9, 6).float()
+    pad = padding_mask_from_lengths(torch.tensor([9, 4, 0]), 9)
+    x[pad] = float("nan")
+    cpu = m(x, pad)
+    gpu = m.cuda()(x.cuda(), pad.cuda())
+    for c, g in zip(cpu, gpu):
+        assert g.is_cuda and torch.isfinite(g).all()
+        torch.testing.assert_close(g.cpu(), c, atol=1e-5, rtol=1e-5)

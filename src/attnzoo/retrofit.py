@@ -8,7 +8,10 @@
 ``create_attention(kind, C, **kwargs)`` per place (kind "se", "channel", "spatial" or
 "cbam"; C = the channel count at that place) and applies it to the output there:
 a forward hook on the module whose output is gated replaces that output ``y`` by
-``gate(y)``. Gates act on (B, C, H, W) feature maps.
+``gate(y)``. Gates act on (B, C, H, W) feature maps. C is read without a forward pass:
+a module's own ``out_channels``/``num_features``/``out_features``, else those of its last
+registered layer that has one (for a residual branch, the nearest such module upstream of
+the addition); if that reading is wrong, the first forward fails naming the place.
 
 Where (``where=``):
 
@@ -82,11 +85,14 @@ class ScaledSigmoid(nn.Module):
 class _ApplyGate:
     """Forward hook replacing a module's output ``y`` by ``gate(y)`` (picklable, deep-copyable)."""
 
-    def __init__(self, gate: nn.Module) -> None:
-        self.gate = gate
+    def __init__(self, gate: nn.Module, place: str) -> None:
+        self.gate, self.place = gate, place
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-        return self.gate(output)
+        try:
+            return self.gate(output)
+        except (TypeError, ValueError) as e:  # say which place's gate, not only what went wrong
+            raise type(e)(f"the {type(self.gate).__name__} that add_attention put after {self.place!r}: {e}") from e
 
 
 def find_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -295,5 +301,5 @@ def add_attention(
             _identity_init(gates[-1][0])
     for (name, _), (gate, host, child) in zip(places, gates):
         host.add_module(child, gate)
-        model.get_submodule(name).register_forward_hook(_ApplyGate(gate))
+        model.get_submodule(name).register_forward_hook(_ApplyGate(gate, name))
     return model
