@@ -1,9 +1,11 @@
 """End-to-end tests of ``attnzoo demo`` (the tour), on the ``--quick`` budget.
 
-One real run in a subprocess (module-scoped, about half a minute) is checked file by file
-and key by key; a second run with the same seed, in-process and ``--only vision`` (with
-stub figures), into the SAME folder must give identical vision numbers (timings aside)
-and replace, not merge with, the first report.
+One real run of every part in a subprocess (module-scoped, under a minute on 2 idle cores)
+is checked file by file and key by key, including that every quick model clearly learns
+(well above chance); a second run with the same seed, in-process and ``--only speech``
+(with stub figures), into the SAME folder must give identical speech numbers (timings
+aside) and replace, not merge with, the first report. README's tour results must be the
+text generated from the committed results of a real default run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ ATTNZOO = [sys.executable, "-c", "import sys; from attnzoo.cli import main; sys.
 SEED = 0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODELS = ("baseline", "se", "cbam")
+RESNET = ("resnet", "se_blocks", "se_convs", "cbam_blocks", "cbam_convs")
+HEADS = ("last", "mean", "attention")
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DEFAULT = ROOT / "docs" / "results" / "demo-default.json"
+RESULTS_QUICK = ROOT / "docs" / "results" / "demo-quick.json"
+README_START, README_END = "<!-- tour-results:start", "<!-- tour-results:end -->"
 
 
 def _env() -> dict[str, str]:
@@ -77,8 +85,11 @@ def test_exit_status_progress_and_summary(tour):
     proc = tour.proc
     assert "Traceback" not in proc.stderr + proc.stdout
     # one line per finished training run, even though stderr is not a terminal
-    runs = [line for line in proc.stderr.splitlines() if line.startswith(("vision ", "dates "))]
-    assert len(runs) == 3 * len(MODELS) + 1, proc.stderr
+    runs = [line for line in proc.stderr.splitlines() if line.startswith(("vision ", "resnet ", "speech ", "dates "))]
+    r = tour.results
+    expected = (len(r["vision"]["seeds"]) * len(MODELS) + len(r["resnet"]["seeds"]) * len(RESNET)
+                + len(r["speech"]["seeds"]) * len(HEADS) + 1)
+    assert len(runs) == expected, proc.stderr
     for name in MODELS:
         assert any(name in line and "test accuracy" in line for line in runs)
     # the summary table and the report's path on stdout
@@ -95,7 +106,8 @@ def test_files_written_and_nothing_left_behind(tour):
     assert {"index.html", "results.json"} <= names
     expected = {"vision_accuracy.png", "vision_curves.png", "se_gates_stage1.png", "cbam_spatial_stage1.png",
                 "dates_curves.png", "dates_encoder_self_attention.png", "dates_decoder_self_attention.png",
-                "dates_cross_attention_ex1_layer1.png"}
+                "dates_cross_attention_ex1_layer1.png", "resnet_train_test.png", "resnet_curves.png",
+                "speech_attention.png", "speech_accuracy.png"}
     assert expected <= names
     assert not [n for n in names if n.startswith(".") or "tmp" in n or "partial" in n]
     assert [p.name for p in tour.parent.iterdir()] == ["report"]  # no staging folder beside it
@@ -105,19 +117,22 @@ def test_results_json_shape_and_ranges(tour):
     r = tour.results
     assert r["seed"] == SEED and r["quick"] is True and r["only"] is None
     assert isinstance(r["seconds"], float) and r["seconds"] > 0
+    env = r["environment"]
+    assert env["command"] == f"attnzoo demo --quick --seed {SEED}" and env["attnzoo"] == attnzoo.__version__
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", env["date"])
     v = r["vision"]
     assert set(MODELS) <= set(v["models"])
     params = {}
     for name in MODELS:
         m = v["models"][name]
         assert _is_unit(m["accuracy_mean"]) and isinstance(m["accuracy_std"], float) and m["accuracy_std"] >= 0
-        assert len(m["accuracies"]) >= 3 and all(_is_unit(a) for a in m["accuracies"])
+        assert len(m["accuracies"]) == len(v["seeds"]) >= 2 and all(_is_unit(a) for a in m["accuracies"])
         assert math.isclose(m["accuracy_mean"], sum(m["accuracies"]) / len(m["accuracies"]))
         assert isinstance(m["params"], int) and m["params"] > 0
         assert isinstance(m["seconds"], float) and m["seconds"] > 0
         params[name] = m["params"]
     assert params["baseline"] < params["se"] < params["cbam"]  # same CNN plus the gates
-    assert v["seeds"] == [SEED, SEED + 1, SEED + 2]
+    assert v["seeds"] == [SEED + i for i in range(len(v["seeds"]))]
     ratio = v["cbam_localization_ratio"]
     assert isinstance(ratio, float) and 0 < ratio <= 4.0  # the box is a quarter of the canvas
     stages = v["cbam_localization_per_stage"]
@@ -135,6 +150,30 @@ def test_results_json_shape_and_ranges(tour):
     assert len(d["per_format_exact_match"]) >= 10
     ca = d["cross_attention"]
     assert all(_is_unit(x) for x in ca["field_per_layer"] + ca["exact_position_per_layer"])
+    rn = r["resnet"]
+    assert set(rn["models"]) == set(RESNET)
+    gates = {k: m["gates"] for k, m in rn["models"].items()}
+    # 3 basic blocks; 9 convs (stem, 2 per block, 2 projection shortcuts)
+    assert gates == {"resnet": 0, "se_blocks": 3, "cbam_blocks": 3, "se_convs": 9, "cbam_convs": 9}
+    for m in rn["models"].values():
+        assert math.isclose(m["gap_points_mean"], 100 * (m["train_accuracy_mean"] - m["accuracy_mean"]), abs_tol=1e-9)
+    sp = r["speech"]
+    assert sp["task"]["n_train"] == 270 and sp["task"]["n_test"] == 370
+    assert len(sp["seeds"]) >= 3 and set(sp["models"]) == set(HEADS)
+    assert sp["models"]["attention"]["params"] > sp["models"]["last"]["params"] == sp["models"]["mean"]["params"]
+    a = sp["attention"]
+    assert 0 <= a["centre_mean"] <= 1 and 0 < a["effective_frames_share_mean"] <= 1 + 1e-9
+
+
+def test_quick_run_learns(tour):
+    """The smoke run must show every model learning: well above chance (0.1 for 10 digits,
+    0.11 for 9 speakers), not the near-chance numbers a too-small budget gives."""
+    r = tour.results
+    for name, m in {**r["vision"]["models"], **r["resnet"]["models"]}.items():
+        assert m["accuracy_mean"] >= 0.6, (name, m["accuracies"])
+    for name, m in r["speech"]["models"].items():
+        assert m["accuracy_mean"] >= 0.7, (name, m["accuracies"])
+    assert r["dates"]["char_accuracy"] >= 0.8
 
 
 def test_pngs_are_valid_images(tour):
@@ -167,8 +206,28 @@ def test_html_is_self_contained_and_shows_the_numbers(tour):
         assert e["target"] in html
     for mechanism in ("Squeeze-and-Excitation", "CBAM", "Self-attention", "Cross-attention"):
         assert mechanism in html
-    # the page states the finding in words, whatever it is
+    # the page states the finding in words, whatever it is, each sentence once
     assert re.search(r"(beat|did worse than) the baseline|No significant difference", html)
+    from html import escape
+
+    from attnzoo.demo.report import findings
+
+    for _, sentence in findings(tour.results):
+        assert html.count(escape(sentence)) == 1, sentence
+    assert "Quick run: a smoke test." in html
+    for part in ("resnet", "speech"):
+        for m in tour.results[part]["models"].values():
+            assert f"{m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f}" in html
+    assert "<iframe" not in html  # no interactive view listed in results
+
+
+def test_interactive_views_are_embedded_when_listed(tour):
+    from attnzoo.demo.report import html_page
+
+    results = {**tour.results, "views": [{"file": "view_dates.html", "title": "Cross-attention, <layer 2>"}]}
+    html = html_page(results)
+    assert '<iframe src="view_dates.html"' in html and '<a href="view_dates.html">' in html
+    assert "Cross-attention, &lt;layer 2&gt;" in html
 
 
 def test_same_seed_same_numbers_and_report_replaced(tour, capsys, monkeypatch):
@@ -181,14 +240,63 @@ def test_same_seed_same_numbers_and_report_replaced(tour, capsys, monkeypatch):
         path.write_bytes(PNG_SIGNATURE)
         return path
     for name in viz.__all__:
-        monkeypatch.setattr(viz, name, stub)
-    code = cli.main(["demo", "--quick", "--seed", str(SEED), "--only", "vision", "--out", str(tour.out)])
+        if name.startswith("plot_"):
+            monkeypatch.setattr(viz, name, stub)
+    code = cli.main(["demo", "--quick", "--seed", str(SEED), "--only", "speech", "--out", str(tour.out)])
     assert code == 0
     capsys.readouterr()
     again = json.loads((tour.out / "results.json").read_text("utf-8"))
-    assert "dates" not in again and again["only"] == "vision"
-    assert _without_timings(again["vision"]) == _without_timings(tour.results["vision"])
+    assert "dates" not in again and "vision" not in again and again["only"] == "speech"
+    assert _without_timings(again["speech"]) == _without_timings(tour.results["speech"])
     # the old report was replaced as a whole: no dates figures remain, nothing left beside it
     assert not list(tour.out.glob("dates_*.png"))
     assert "Sequences: date normalisation" not in (tour.out / "index.html").read_text("utf-8")
     assert [p.name for p in tour.parent.iterdir()] == ["report"]
+
+
+def _readme_block() -> str:
+    text = (ROOT / "README.md").read_text("utf-8")
+    start, end = text.index(README_START), text.index(README_END)
+    return text[text.index("\n", start) + 1:end]
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").exists() or not RESULTS_DEFAULT.exists(),
+                    reason="needs the source checkout (README.md and docs/results/)")
+def test_readme_tour_results_match_the_committed_results_file():
+    """README's tour numbers are the text generated from a real default run's results.json."""
+    from attnzoo.demo.report import readme_results
+
+    default = json.loads(RESULTS_DEFAULT.read_text("utf-8"))
+    quick = json.loads(RESULTS_QUICK.read_text("utf-8"))
+    assert default["quick"] is False and default["only"] is None and quick["quick"] is True
+    assert set(default["parts"]) == {"vision", "resnet", "speech", "dates"}
+    assert _readme_block() == readme_results(default, quick), (
+        "README's tour results differ from docs/results/demo-default.json; regenerate them with "
+        "attnzoo.demo.report.readme_results")
+
+
+@pytest.mark.parametrize("head", ["last", "mean", "attention"])
+def test_speech_heads_ignore_padding(head):
+    """What follows an utterance's end (padding) cannot change any head's output."""
+    import torch
+
+    from attnzoo.demo.speech import SpeakerNet
+
+    torch.manual_seed(0)
+    model = SpeakerNet(head, hidden=8).double().eval()
+    lengths = torch.tensor([3, 7, 5])
+    x = torch.randn(3, 7, 12, dtype=torch.float64)
+    pad = torch.arange(7) >= lengths[:, None]  # (B, T), True = padding
+    noisy = x.masked_fill(pad[..., None], 0.0) + 100.0 * torch.randn_like(x) * pad[..., None]
+    assert torch.equal(model(x.masked_fill(pad[..., None], 0.0), lengths), model(noisy, lengths))
+    assert torch.allclose(model(x[:1, :3], lengths[:1]), model(x, lengths)[:1], atol=1e-12)
+
+
+def test_new_plots_reject_bad_input(tmp_path):
+    from attnzoo import viz
+
+    with pytest.raises(ValueError, match=r"lengths must have shape \(2,\) with values in 1\.\.3, got \[1\.0, 4\.0\]"):
+        viz.plot_sequence_weights([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], [1, 4], tmp_path / "w.png")
+    with pytest.raises(ValueError, match=r"results\['x'\] must be a finite \(train, test_mean, test_std\) triple"):
+        viz.plot_train_test_bars({"x": (0.9, 0.8, -0.1)}, tmp_path / "b.png")
+    assert not list(tmp_path.iterdir())

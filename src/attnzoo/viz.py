@@ -23,7 +23,7 @@ from attnzoo._io import atomic_path
 from attnzoo.maps.view import attention_view as attention_view  # interactive HTML (no matplotlib)
 
 __all__ = ["plot_attention", "plot_channel_profile", "plot_spatial_overlay", "plot_training_curves",
-           "plot_accuracy_bars"]
+           "plot_accuracy_bars", "plot_train_test_bars", "plot_sequence_weights", "model_color"]
 
 DPI = 110
 ATTN_CMAP = "viridis"
@@ -156,11 +156,13 @@ def plot_attention(weights: Any, path: PathLike, *, query_labels: Sequence[Any] 
 
 
 def plot_channel_profile(gates: Any, path: PathLike, *, labels: Sequence[Any] | None = None,
-                         title: str | None = None) -> Path:
+                         title: str | None = None, vmin: float | None = None, vmax: float | None = None) -> Path:
     """Mean gate per channel: (K, C) gives a class-by-channel heatmap, (C,) a bar chart.
 
     ``labels`` names the K profiles (rows); for a single (C,) profile it may hold
-    one name, used as the y-axis label.
+    one name, used as the y-axis label. ``vmin``/``vmax`` fix the heatmap's colour scale
+    (e.g. 0 and 1 for sigmoid gates, so that gates between 0.995 and 1.0 look uniform
+    instead of structured); by default it spans the data.
     """
     g = _array("gates", gates, ["(C,)", "(K, C)"])
     n_ch = g.shape[-1]
@@ -178,7 +180,7 @@ def plot_channel_profile(gates: Any, path: PathLike, *, labels: Sequence[Any] | 
         names = _labels("labels", labels, n_cls, "the number of rows K in gates")
         fig = _new_figure(min(14.0, max(6.0, 0.13 * n_ch + 2.5)), min(10.0, max(2.6, 0.32 * n_cls + 1.4)))
         ax = fig.subplots()
-        im = ax.imshow(g, cmap=ATTN_CMAP, aspect="auto", interpolation="nearest")
+        im = ax.imshow(g, cmap=ATTN_CMAP, aspect="auto", interpolation="nearest", vmin=vmin, vmax=vmax)
         _set_ticks(ax, "y", names, n_cls)
         ax.set_ylabel("class", fontsize=9)
         fig.colorbar(im, ax=ax, label="mean gate", pad=0.01)
@@ -201,12 +203,16 @@ def _squeeze_channel(name: str, x: np.ndarray) -> np.ndarray:
 
 
 def plot_spatial_overlay(images: Any, gates: Any, path: PathLike, *, boxes: Any = None,
-                         titles: Sequence[str] | None = None, ncols: int = 4) -> Path:
+                         titles: Sequence[str] | None = None, ncols: int = 4, vmin: float | None = None,
+                         vmax: float | None = None, side_by_side: bool = False) -> Path:
     """Grid of grayscale images with their spatial gates overlaid (upsampled bilinearly).
 
     ``boxes`` (N, 4) are pixel boxes ``(top, left, bottom, right)`` with exclusive
     bottom/right, as in ``image[top:bottom, left:right]``. All gates share one colour
-    scale so panels are comparable.
+    scale so panels are comparable: ``vmin``/``vmax`` fix it (e.g. 0 and 1 for sigmoid
+    gates); by default it spans the data. With ``side_by_side=True`` each image is drawn
+    next to its gate map (the gate at its own resolution, not blended with the ink), the
+    box drawn on both.
     """
     img = _squeeze_channel("images", _array("images", images, ["(N, H, W)", "(N, 1, H, W)"]))
     gate = _squeeze_channel("gates", _array("gates", gates, ["(N, h, w)", "(N, 1, h, w)"]))
@@ -223,8 +229,12 @@ def plot_spatial_overlay(images: Any, gates: Any, path: PathLike, *, boxes: Any 
     up = torch.nn.functional.interpolate(torch.from_numpy(gate)[:, None], size=(height, width),
                                          mode="bilinear", align_corners=False)[:, 0].numpy()
     finite = up[np.isfinite(up)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    vmin = lo if vmin is None else float(vmin)
+    vmax = hi if vmax is None else float(vmax)
     vmax = vmax if vmax > vmin else vmin + 1e-6
+    if side_by_side:
+        return _side_by_side(img, gate, box, titles, min(ncols, n), vmin, vmax, path)
 
     from matplotlib.cm import ScalarMappable
     from matplotlib.patches import Rectangle
@@ -251,9 +261,66 @@ def plot_spatial_overlay(images: Any, gates: Any, path: PathLike, *, boxes: Any 
     return _save(fig, path)
 
 
+def _side_by_side(img: np.ndarray, gate: np.ndarray, box: np.ndarray | None, titles: list[str] | None,
+                  cols: int, vmin: float, vmax: float, path: PathLike) -> Path:
+    """Pairs (image | gate map at its own resolution), ``cols`` pairs per row."""
+    from matplotlib.patches import Rectangle
+
+    n, height, width = img.shape
+    rows = math.ceil(n / cols)
+    fig = _new_figure(cols * 4.4 + 0.9, rows * 2.45)
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
+    im = None
+    for i in range(rows * cols):
+        a_img, a_gate = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        a_img.set_axis_off()
+        a_gate.set_axis_off()
+        if i >= n:
+            continue
+        for ax in (a_img, a_gate):  # a thin frame shows the canvas's edge on white
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+        a_img.imshow(img[i], cmap="gray_r", interpolation="nearest")
+        gh, gw = gate[i].shape
+        im = a_gate.imshow(gate[i], cmap=ATTN_CMAP, vmin=vmin, vmax=vmax, interpolation="nearest",
+                           extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        if box is not None:
+            top, left, bottom, right = box[i]
+            for ax, color in ((a_img, "#d62728"), (a_gate, "#ff4d4d")):
+                ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
+                                       fill=False, edgecolor=color, linewidth=1.5))
+        if titles is not None:
+            a_img.set_title(titles[i], fontsize=9)
+        a_gate.set_title(f"gate ({gh}x{gw})", fontsize=9)
+    fig.colorbar(im, ax=list(axes.ravel()), shrink=0.8, label="gate", pad=0.01)
+    return _save(fig, path)
+
+
+#: One colour per model name, shared by every figure of the tour (curves and bars alike).
+_MODEL_COLORS = {
+    "baseline": "#7f7f7f", "resnet": "#7f7f7f", "last": "#7f7f7f", "transformer": "#1f77b4",
+    "se": "#1f77b4", "se_blocks": "#1f77b4", "se_convs": "#9ecae1",
+    "cbam": "#ff7f0e", "cbam_blocks": "#ff7f0e", "cbam_convs": "#fdbf6f",
+    "mean": "#2ca02c", "attention": "#9467bd",
+}
+
+
+def model_color(name: str) -> Any:
+    """The colour of model ``name`` in the tour's figures (a fixed table, else a tab10 colour
+    chosen from the name, so the same name always gets the same colour)."""
+    if name in _MODEL_COLORS:
+        return _MODEL_COLORS[name]
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](sum(map(ord, name)) % 10)
+
+
 def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], path: PathLike, *,
-                         title: str | None = None) -> Path:
-    """Loss (and, where recorded, accuracy) per epoch, one line per model name."""
+                         title: str | None = None, colors: Mapping[str, Any] | None = None) -> Path:
+    """Loss (and, where recorded, accuracy) per epoch, one line per model name.
+
+    ``colors`` maps names to matplotlib colours (default: one tab10 colour per line)."""
     if not isinstance(histories, Mapping) or not histories:
         raise ValueError("histories must be a non-empty dict name -> {'loss': [...], 'accuracy': [...]}")
     series: dict[str, dict[str, np.ndarray]] = {}
@@ -270,8 +337,9 @@ def plot_training_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
     axes = fig.subplots(1, len(keys), squeeze=False).ravel()
     from matplotlib.ticker import MaxNLocator
 
+    palette = _colors(len(series)) if colors is None else [colors.get(n) for n in series]
     for ax, key in zip(axes, keys):
-        for (name, s), color in zip(series.items(), _colors(len(series))):
+        for (name, s), color in zip(series.items(), palette):
             if key in s:
                 y = s[key]
                 x = np.arange(1, len(y) + 1)
@@ -299,8 +367,10 @@ def _colors(n: int) -> list[Any]:
 
 
 def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *, title: str | None = None,
-                       ylabel: str = "test accuracy") -> Path:
-    """Bar chart of ``name -> (mean, std)`` with error bars and the mean printed on each bar."""
+                       ylabel: str = "test accuracy", colors: Mapping[str, Any] | None = None) -> Path:
+    """Bar chart of ``name -> (mean, std)`` with error bars and the mean printed on each bar.
+
+    ``colors`` maps names to matplotlib colours (default: one tab10 colour per bar)."""
     if not isinstance(results, Mapping) or not results:
         raise ValueError("results must be a non-empty dict name -> (mean, std)")
     pairs = []
@@ -312,10 +382,12 @@ def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *
     names = [str(name) for name in results]
     m, s = np.stack(pairs).T
     long = any(len(n) > 10 for n in names)
-    fig = _new_figure(min(14.0, max(4.5, 0.75 * len(names) + 2.0)), 3.8 + (0.6 if long else 0.0))
+    width = max(4.5, 0.75 * len(names) + 2.0, 0.1 * len(title or ""))  # room for the title
+    fig = _new_figure(min(14.0, width), 3.8 + (0.6 if long else 0.0))
     ax = fig.subplots()
     x = np.arange(len(names))
-    ax.bar(x, m, yerr=s, capsize=4, color=_colors(len(names)), width=0.65, edgecolor="black", linewidth=0.5,
+    palette = _colors(len(names)) if colors is None else [colors.get(n) for n in results]
+    ax.bar(x, m, yerr=s, capsize=4, color=palette, width=0.65, edgecolor="black", linewidth=0.5,
            error_kw={"elinewidth": 1.0})
     lo, hi = min(0.0, float((m - s).min())), max(0.0, float((m + s).max()))
     span = (hi - lo) or 1.0
@@ -330,6 +402,74 @@ def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *
     ax.set_ylabel(ylabel, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_train_test_bars(results: Mapping[str, Sequence[float]], path: PathLike, *, title: str | None = None,
+                         colors: Mapping[str, Any] | None = None) -> Path:
+    """Grouped bars of ``name -> (train accuracy, test mean, test std)``: a pale bar for train
+    and a solid one for test per model, so the gap between them (overfitting) is visible."""
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError("results must be a non-empty dict name -> (train, test_mean, test_std)")
+    rows = []
+    for name, value in results.items():
+        arr = _array(f"results[{name!r}]", value, ["(3,)"])
+        if arr.shape != (3,) or not np.all(np.isfinite(arr)) or arr[2] < 0:
+            raise ValueError(f"results[{name!r}] must be a finite (train, test_mean, test_std) triple "
+                             f"with test_std >= 0, got {value!r}")
+        rows.append(arr)
+    names = [str(n) for n in results]
+    tr, te, sd = np.stack(rows).T
+    palette = _colors(len(names)) if colors is None else [colors.get(n) for n in results]
+    fig = _new_figure(min(14.0, max(6.0, 1.3 * len(names) + 2.0)), 4.0)
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    ax.bar(x - 0.19, tr, width=0.36, color=palette, alpha=0.35, edgecolor="black", linewidth=0.5, label="train")
+    ax.bar(x + 0.19, te, yerr=sd, capsize=3, width=0.36, color=palette, edgecolor="black", linewidth=0.5,
+           label="test", error_kw={"elinewidth": 1.0})
+    for xi, a, b in zip(x, tr, te):
+        ax.text(xi - 0.19, a + 0.01, f"{a:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.text(xi + 0.19, b + 0.01, f"{b:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0.0, 1.1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, fontsize=9)
+    ax.set_ylabel("accuracy (pale: train, solid: test)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_sequence_weights(weights: Any, lengths: Any, path: PathLike, *, row_labels: Sequence[str] | None = None,
+                          title: str | None = None) -> Path:
+    """Heatmap of per-step weights (N, T) of N sequences (one row each, e.g. temporal
+    attention over the frames of utterances); steps at or after ``lengths[i]`` are padding
+    and drawn blank. The colour scale runs from 0 to the largest weight shown."""
+    w = _array("weights", weights, ["(N, T)"]).copy()
+    n, t = w.shape
+    lens = _array("lengths", lengths, ["(N,)"])
+    if lens.shape != (n,) or np.any(lens < 1) or np.any(lens > t):
+        raise ValueError(f"lengths must have shape ({n},) with values in 1..{t}, got {lens.tolist()!r}")
+    labels = _labels("row_labels", row_labels, n, "the number of sequences N in weights")
+    w[np.arange(t)[None, :] >= lens[:, None]] = np.nan
+    fig = _new_figure(11.0, min(12.0, max(3.0, 0.2 * n + 1.4)))
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    cmap = colormaps[ATTN_CMAP].with_extremes(bad="white")
+    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=float(np.nanmax(w)), aspect="auto", interpolation="nearest")
+    ax.set_yticks(np.arange(n))
+    ax.set_yticklabels(labels if labels is not None else [str(i) for i in range(n)], fontsize=8)
+    for i in range(1, n):  # a thin line between groups of equal labels (e.g. speakers)
+        if labels is not None and labels[i] != labels[i - 1]:
+            ax.axhline(i - 0.5, color="black", linewidth=0.6)
+    ax.set_xticks(np.arange(0, t, 2))
+    ax.set_xticklabels([str(i + 1) for i in range(0, t, 2)], fontsize=8)
+    ax.set_xlabel("frame", fontsize=9)
+    fig.colorbar(im, ax=ax, label="weight", pad=0.01)
     if title:
         ax.set_title(title, fontsize=11)
     return _save(fig, path)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
 import sys
 import time
+from datetime import datetime, timezone
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,14 +54,67 @@ class DatesBudget:
     n_curve: int = 500
 
 
+@dataclass(frozen=True)
+class ResNetBudget:
+    """The small ResNet with SE/CBAM inserted by ``add_attention``: data and training budget
+    (the cluttered digits again, the same for every variant)."""
+
+    n_train: int
+    n_test: int
+    epochs: int
+    n_seeds: int = 3
+    batch_size: int = 64
+    lr: float = 3e-3
+    widths: tuple[int, ...] = (16, 32, 64)
+    reduction: int = 4
+
+
+@dataclass(frozen=True)
+class SpeechBudget:
+    """Speaker identification on Japanese Vowels (the official 270/370 split is fixed)."""
+
+    epochs: int
+    hidden: int = 64
+    n_seeds: int = 3
+    batch_size: int = 32
+    lr: float = 3e-3
+    n_plot_per_speaker: int = 3
+
+
 FULL = {
     "vision": VisionBudget(n_train=2500, n_test=1000, epochs=8),
+    "resnet": ResNetBudget(n_train=2000, n_test=1000, epochs=4, batch_size=32, lr=4e-3),
+    "speech": SpeechBudget(epochs=30),
     "dates": DatesBudget(n_train=6400, n_test=1000, epochs=6),
 }
+#: A smoke run: every model clearly above chance in well under a minute on 2 cores (fewer
+#: samples and epochs, higher learning rates); its numbers are NOT the tour's findings.
 QUICK = {
-    "vision": VisionBudget(n_train=768, n_test=300, epochs=3, lr=6e-3),
-    "dates": DatesBudget(n_train=1600, n_test=300, epochs=2, n_per_format=10, n_curve=200),
+    "vision": VisionBudget(n_train=1536, n_test=300, epochs=3, lr=6e-3, batch_size=32, n_seeds=2, n_overlay=4),
+    "resnet": ResNetBudget(n_train=1280, n_test=300, epochs=3, lr=6e-3, batch_size=32, n_seeds=1),
+    "speech": SpeechBudget(epochs=6, hidden=32, lr=1e-2, n_plot_per_speaker=2),
+    "dates": DatesBudget(n_train=2400, n_test=300, epochs=3, lr=5e-3, n_per_format=10, n_curve=200),
 }
+
+
+def run_info(seed: int, quick: bool, only: str | None, device: str) -> dict[str, Any]:
+    """When, where and how the tour ran: date (UTC), the command (without ``--out``), the
+    attnzoo version, the CPU, and the machine's load average when it started (a busy
+    machine makes every timing of the report longer)."""
+    from .. import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    command = "attnzoo demo" + (" --quick" if quick else "") + f" --seed {seed}" + \
+        (f" --only {only}" if only else "") + (f" --device {device}" if device != "cpu" else "")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command,
+            "attnzoo": __version__, "cpu": cpu, "cpu_count": os.cpu_count(), "os": platform.system(),
+            "load_average_1min_at_start": load}
 
 
 def progress_bar(total: int, desc: str) -> Any:
@@ -106,6 +162,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
         2.052, 2.048, 2.045, 2.042)
+
+
+def mean_histories(histories: dict[str, list[dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:
+    """One curve per model: the mean over seeds of each epoch's loss and accuracy."""
+    return {n: {k: [sum(v) / len(v) for v in zip(*(h[k] for h in hs))] for k in ("loss", "accuracy")}
+            for n, hs in histories.items()}
 
 
 def paired_difference(treated: Sequence[float], control: Sequence[float]) -> dict[str, Any]:

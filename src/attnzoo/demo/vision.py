@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..data import ClutteredDigits, make_cluttered_digits
 from ..factory import create_attention
 from ..record import AttentionRecorder
-from .common import VisionBudget, mean_std, paired_difference, progress_bar, say, stopwatch, sync
+from .common import VisionBudget, mean_histories, mean_std, paired_difference, progress_bar, say, stopwatch, sync
 
 MODELS = ("baseline", "se", "cbam")
 _ATTENTION = {"baseline": None, "se": "se", "cbam": "cbam"}
@@ -204,6 +204,7 @@ def run(budget: VisionBudget, seed: int, device: torch.device, fig_dir: Any) -> 
             model = build_model(name, s, budget).to(device)
             r = train_classifier(model, (xtr, ytr), (xte, yte), budget, s, f"vision {name:<8} seed {s}")
             r["params"] = sum(p.numel() for p in model.parameters())
+            r["train_accuracy"] = evaluate(model, xtr, ytr)
             runs[name].append(r)
             say(f"vision  {name:<8} seed {s}: test accuracy {r['accuracy']:.3f}, "
                 f"train loss {r['history']['loss'][-1]:.3f}, {r['seconds']:.1f} s")
@@ -220,6 +221,7 @@ def run(budget: VisionBudget, seed: int, device: torch.device, fig_dir: Any) -> 
         m, sd = mean_std(accs)
         secs = [r["seconds"] for r in runs[name]]
         models[name] = {"accuracy_mean": m, "accuracy_std": sd, "accuracies": accs,
+                        "train_accuracy_mean": mean_std([r["train_accuracy"] for r in runs[name]])[0],
                         "params": runs[name][0]["params"], "seconds": sum(secs) / len(secs),
                         "seconds_per_seed": secs,
                         "final_train_loss_mean": mean_std([r["history"]["loss"][-1] for r in runs[name]])[0]}
@@ -258,18 +260,20 @@ def _figures(viz: Any, fig_dir: Any, budget: VisionBudget, runs: dict, models: d
              profiles: list[np.ndarray], seed: int) -> dict[str, str]:
     figs = {}
     n_seeds = len(runs["baseline"])
+    colors = {n: viz.model_color(n) for n in MODELS}
     viz.plot_accuracy_bars({n: (models[n]["accuracy_mean"], models[n]["accuracy_std"]) for n in MODELS},
-                           fig_dir / "vision_accuracy.png",
+                           fig_dir / "vision_accuracy.png", colors=colors,
                            title=f"Cluttered digits: test accuracy (mean ± sd, {n_seeds} seeds)")
     figs["accuracy"] = "vision_accuracy.png"
-    viz.plot_training_curves({f"{n} s{i}": r["history"] for n in MODELS for i, r in enumerate(runs[n])},
-                             fig_dir / "vision_curves.png",
-                             title="Cluttered digits: train loss and test accuracy per epoch, every run")
+    viz.plot_training_curves(mean_histories({n: [r["history"] for r in runs[n]] for n in MODELS}),
+                             fig_dir / "vision_curves.png", colors=colors,
+                             title=f"Cluttered digits: train loss and test accuracy per epoch (mean of {n_seeds} seeds)")
     figs["curves"] = "vision_curves.png"
     last = len(profiles)
     for stage in range(1, last + 1):
         name = f"se_gates_stage{stage}.png"
         viz.plot_channel_profile(profiles[stage - 1], fig_dir / name, labels=[str(c) for c in range(10)],
+                                 vmin=0.0, vmax=1.0,
                                  title=f"SE model (seed {seed}), stage {stage}: mean gate per class and channel")
         figs[f"se_stage{stage}"] = name
     test, xte, model = keep["test"], keep["xte"], keep["cbam"]
@@ -282,6 +286,6 @@ def _figures(viz: Any, fig_dir: Any, budget: VisionBudget, runs: dict, models: d
     for stage in range(1, len(gates) + 1):
         name = f"cbam_spatial_stage{stage}.png"
         viz.plot_spatial_overlay(test.images[:k], gates[stage - 1], fig_dir / name, boxes=test.boxes[:k],
-                                 titles=titles, ncols=4)
+                                 titles=titles, ncols=2, vmin=0.0, vmax=1.0, side_by_side=True)
         figs[f"cbam_stage{stage}"] = name
     return figs
