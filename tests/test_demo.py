@@ -218,7 +218,12 @@ def test_html_is_self_contained_and_shows_the_numbers(tour):
     for part in ("resnet", "speech"):
         for m in tour.results[part]["models"].values():
             assert f"{m['accuracy_mean']:.3f} ± {m['accuracy_std']:.3f}" in html
-    assert "<iframe" not in html  # no interactive view listed in results
+    # the interactive views: the speech weights and the date model's generated characters
+    for part, file in (("speech", "speech_attention_view.html"), ("dates", "dates_attention_view.html")):
+        assert tour.results[part]["figures"]["view"]["file"] == file
+        assert f'<iframe src="{file}"' in html
+        page = (tour.out / file).read_text(encoding="utf-8")
+        assert "<script" in page and not re.search(r"(src|href)=\"https?://", page)  # data and script inline
 
 
 def test_interactive_views_are_embedded_when_listed(tour):

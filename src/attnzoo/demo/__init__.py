@@ -150,6 +150,8 @@ def run_demo(args: argparse.Namespace) -> int:
             results["environment"].update(run_info(args.seed, bool(args.quick), args.only, args.device))
             for part in parts:
                 results[part] = _MODULES[part].run(budgets[part], args.seed, device, staging.path)
+        views = [results[p]["figures"].get("view") for p in parts if isinstance(results[p].get("figures"), dict)]
+        results["views"] = [v for v in views if v]  # interactive pages, embedded by the report
         results["seconds"] = time.perf_counter() - start
         results["cpu_seconds"] = time.process_time() - start_cpu  # ~ seconds on an idle machine (1 thread)
         atomic_write_text(staging.path / "index.html", html_page(results))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import date_vocabularies, encode_batch, format_date, formats_for_range, make_dates
+from ..maps import generation_view
 from ..record import AttentionRecorder
 from ..transformer import Seq2SeqTransformer
 from .common import DatesBudget, progress_bar, say, stopwatch, sync
@@ -246,4 +247,13 @@ def _figures(model: Seq2SeqTransformer, day: date, device: torch.device, fig_dir
                        key_labels=["<bos>"] + list(target),
                        title=f"Decoder self-attn, layer {layers}, head mean")
     figs["decoder_self"] = "dates_decoder_self_attention.png"
+    sv, tv = date_vocabularies()
+    src = inputs[0]
+    generation_view(  # the interactive page: what each generated character looked at
+        model, encode_batch([src], sv).to(device), fig_dir / "dates_attention_view.html", bos_id=tv.bos_id,
+        eos_id=tv.eos_id, max_new_tokens=OUT_LEN + 1, src_tokens=list(src) + [EOS],
+        token_label=lambda i: tv.decode([i]) or EOS,
+        title=f"Cross-attention of each generated character, decoded with the cache: {src!r}")
+    figs["view"] = {"file": "dates_attention_view.html",
+                    "title": "Dates: cross-attention of each generated character (pick a layer, head, token)"}
     return figs

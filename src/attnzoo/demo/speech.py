@@ -208,4 +208,11 @@ def run(budget: SpeechBudget, seed: int, device: torch.device, fig_dir: Any) -> 
                            title=f"Speaker identification: test accuracy (mean ± sd, {len(seeds)} seeds)",
                            colors={h: viz.model_color(h) for h in HEADS})
     result["figures"] = {"attention": "speech_attention.png", "accuracy": "speech_accuracy.png"}
+    viz.attention_view(  # one row per plotted utterance, one column per frame
+        {"TemporalAttention": weights[rows]}, heads_averaged=True, path=fig_dir / "speech_attention_view.html",
+        query_tokens=[f"utterance {i} (speaker {int(labels[i]) + 1})" for i in rows],
+        tokens=[f"frame {t}" for t in range(weights.shape[1])],
+        title="Speech: temporal attention over the frames of test utterances")
+    result["figures"]["view"] = {"file": "speech_attention_view.html",
+                                 "title": "Speech: temporal attention per utterance (pick an utterance)"}
     return result
