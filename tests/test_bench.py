@@ -286,16 +286,17 @@ def test_gpu_check_script_runs_every_row_on_tiny_cpu_shapes(tmp_path, capsys):
         assert gpu_check.main([]) == 2  # the default device is cuda: a clear refusal without one
 
 
-def test_docs_tables_are_rendered_from_committed_results():
-    """Every figure table in docs/performance.md inside a bench block is its results file, rendered."""
+@pytest.mark.parametrize("doc", ["docs/performance.md", "README.md"])
+def test_docs_tables_are_rendered_from_committed_results(doc):
+    """Every speed table in the docs and README sits in a bench block: its results file, rendered."""
     from pathlib import Path
 
     from attnzoo.bench._docs import BLOCK, render_blocks
 
     root = Path(__file__).resolve().parents[1]
-    text = (root / "docs" / "performance.md").read_text()
-    assert BLOCK.search(text), "docs/performance.md has no <!-- bench: FILE --> block"
-    assert render_blocks(text, root) == text, "stale table: run python -m attnzoo.bench._docs docs/performance.md"
+    text = (root / doc).read_text()
+    assert BLOCK.search(text), f"{doc} has no <!-- bench: FILE --> block"
+    assert render_blocks(text, root) == text, f"stale table: run python -m attnzoo.bench._docs {doc}"
 
 
 def test_markdown_table_renders_rows_errors_and_group_filter():
