@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
+from .._mha_layout import _batch_first_inputs
 from ..functional import RowIndex
 from .ring import ring_attention
 from .zigzag import ShardLayout
@@ -45,10 +46,10 @@ class ContextParallelMixin:
     cp_zigzag: bool
 
     def forward(  # type: ignore[override]
-        self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None, *,
-        key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None, is_causal: bool = False,
-        need_weights: bool = False, average_attn_weights: bool = True, weights_for: RowIndex = None,
-    ) -> tuple[Tensor, Tensor | None]:
+        self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None, need_weights: bool = False, attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True, is_causal: bool = False, weights_for: RowIndex = None,
+    ) -> tuple[Tensor, Tensor | None]:  # MultiHeadAttention.forward's (and torch's) argument order
         mha: MultiHeadAttention = self  # type: ignore[assignment]
         if (key is not None and key is not query) or (value is not None and value is not query):
             return MultiHeadAttention.forward(  # cross-attention: the memory is not sharded
@@ -59,14 +60,14 @@ class ContextParallelMixin:
         if mha.training and mha.dropout > 0:
             raise ValueError(f"attention dropout is not supported under context parallelism, got dropout={mha.dropout} "
                              "in training mode (build the model with dropout=0.0 or call .eval())")
-        x, _, _, unbatched = mha._check_inputs(query, query, query)
+        dims = (mha.embed_dim, mha.kdim, mha.vdim, mha.out_proj.weight.dtype, mha.batch_first)
+        x, _, _, key_padding_mask = _batch_first_inputs(query, query, query, key_padding_mask, dims)  # (B, N, E)
+        unbatched = query.dim() == 2
         B, N, _ = x.shape  # (B, N, E)
         world = dist.get_world_size(self.cp_group)
         layout = ShardLayout(N * world, world, self.cp_zigzag)
         key_mask = None
         if key_padding_mask is not None:
-            if unbatched:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
             _check_bool("key_padding_mask", key_padding_mask, (B, N))
             key_mask = ~key_padding_mask  # (B, N) True = may attend
         mask = None
