@@ -331,3 +331,20 @@ def test_bench_bad_values_exit_2_with_one_line(argv, message, capsys):
 
     assert main(argv) == 2
     assert capsys.readouterr().err == message + "\n"
+
+
+def test_bench_json_never_replaces_someone_elses_file(tmp_path, capsys):
+    from attnzoo.distributed.bench import main
+
+    theirs = tmp_path / "notes.json"
+    theirs.write_text('{"mine": true}')
+    assert main(["--json", str(theirs)]) == 2  # refused before any measuring
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists and was not written by this benchmark" in err
+    assert theirs.read_text() == '{"mine": true}'
+    assert main(["--json", str(tmp_path / "missing" / "x.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    ours = tmp_path / "earlier.json"  # an earlier results file of this benchmark may be replaced
+    ours.write_text((DOCS / "bench" / "distributed.json").read_text())
+    assert main(["--json", str(ours), "--ranks", "0"]) == 2  # past the path check: fails on --ranks
+    assert "--ranks" in capsys.readouterr().err

@@ -172,6 +172,29 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_COMMAND = "python -m attnzoo.distributed.bench"
+
+
+def _json_problem(path: str) -> str | None:
+    """Why ``--json PATH`` cannot be written, or None: its folder must exist and PATH be new
+    or an earlier results file of this benchmark (which is all it ever replaces)."""
+    target = Path(path).expanduser().resolve()
+    if target.is_dir():
+        return "is a folder; give a file name"
+    if not target.parent.is_dir():
+        return f"folder {target.parent} does not exist"
+    if not os.access(target.parent, os.W_OK):
+        return f"cannot write in {target.parent}"
+    if target.exists():
+        try:
+            ours = str(json.loads(target.read_text(encoding="utf-8")).get("command", "")).startswith(_COMMAND)
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            return f"{target} exists and was not written by this benchmark; choose a new file name"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnzoo.distributed.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=8192, help="total tokens (a multiple of 2·max(P))")
@@ -182,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure a stack of this many TransformerEncoderLayers (0: attention only)")
     parser.add_argument("--json", help="also write the rows to this file (atomically)")
     args = parser.parse_args(argv)
+    if args.json and (problem := _json_problem(args.json)):  # before minutes of work, never someone else's file
+        print(f"error: --json {args.json}: {problem}", file=sys.stderr)
+        return 2
     try:
         ps = [int(p) for p in args.ranks.split(",")]
     except ValueError:
@@ -215,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
         machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": sys.version.split()[0],
                    "backend": "gloo", "dtype": "float32", "causal": True, "layout": "zigzag"}
-        atomic_write_json(args.json, {"machine": machine, "command": "python -m attnzoo.distributed.bench "
+        atomic_write_json(args.json, {"machine": machine, "command": f"{_COMMAND} "
                                       + " ".join(argv if argv is not None else sys.argv[1:]), "rows": rows})
     return 0
 
