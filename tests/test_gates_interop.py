@@ -20,17 +20,10 @@ C = 8
 
 
 pytestmark = [
+    pytest.mark.usefixtures("single_thread"),
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated:FutureWarning"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def gate(name: str, dims: int = 2, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -181,7 +174,6 @@ def test_torchscript_fails_with_one_clear_error(name: str) -> None:
         torch.jit.script(gate(name))
     with pytest.raises(RuntimeError, match=pattern):  # also when nested in a user's network
         torch.jit.script(nn.Sequential(nn.Conv2d(3, C, 1), gate(name)))
-
 
 
 @pytest.mark.parametrize(("dims", "batched"), [(1, False), (3, True)])

@@ -18,18 +18,12 @@ from torch.func import functional_call
 from attnzoo.channel import ChannelAttention, SqueezeExcite
 from attnzoo.spatial import CBAM, SpatialAttention
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: one thread (tests/conftest.py)
+
 F64 = torch.float64
 C = 5
 NAMES = ["SqueezeExcite", "ChannelAttention", "SpatialAttention", "CBAM"]
 SPATIAL = {1: (7,), 2: (5, 4), 3: (3, 4, 2)}  # unequal sizes catch transposed code
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(name: str, dims: int, k: int = 3, dtype: torch.dtype = F64, seed: int = 0) -> nn.Module:

@@ -22,6 +22,8 @@ from torch.func import functional_call
 from attnzoo.channel import ChannelAttention, SqueezeExcite, hidden_width
 from attnzoo.spatial import CBAM, SpatialAttention
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: one thread (tests/conftest.py)
+
 F64 = torch.float64
 C = 6  # channels used by most tests; reduction 2 gives a hidden width of 3
 
@@ -36,15 +38,6 @@ CHANNEL_GATES = ["SqueezeExcite", "ChannelAttention"]
 WITH_CHANNELS = ["SqueezeExcite", "ChannelAttention", "CBAM"]
 WITH_KERNEL = [lambda k: SpatialAttention(k), lambda k: CBAM(C, 2, k)]
 FAST = settings(max_examples=20, deadline=None)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> object:
-    """The tensors here are tiny: extra intra-op threads only add contention on shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(name: str, c: int = C, dtype: torch.dtype = F64, seed: int = 0) -> nn.Module:

@@ -8,17 +8,10 @@ from torch import nn
 from attnzoo.kvcache import KVCache
 from attnzoo.transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: one thread (tests/conftest.py)
+
 D = torch.float64
 PAD, BOS, EOS = 0, 1, 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run fastest (and most predictably on a shared machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(seed=0, dtype=D, vocab=(23, 19), **kw):
