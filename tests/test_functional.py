@@ -59,10 +59,32 @@ def test_gqa_matches_torch():
     torch.testing.assert_close(w, ref_w)
 
 
-def test_float32_output_equals_plain_fused_kernel():
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_small_weights_calls_take_the_output_from_the_weights(is_causal):
+    """Like torch's weights path: out == weights @ v exactly, and close to the fused kernel."""
     q, k, v = qkv(dtype=torch.float32)
-    out, _ = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
+    out, w = scaled_dot_product_attention(q, k, v, is_causal=is_causal, need_weights=True)
+    assert torch.equal(out, w @ v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=is_causal))
+
+
+@pytest.mark.parametrize("shared_max", [None, 0])
+def test_float32_output_equals_plain_fused_kernel(monkeypatch, shared_max):
+    """Inside fused_output() (the recorder), or above the small-call size, asking for the
+    weights never changes the output: it is torch's fused kernel, bit for bit."""
+    import attnzoo.functional as AF
+
+    q, k, v = qkv(dtype=torch.float32)
+    _, w_small = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
+    if shared_max is None:
+        with AF.fused_output():
+            out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
+        assert AF._fused_output_depth == 0  # left on exit
+    else:
+        monkeypatch.setattr(AF, "_SHARED_MAX_SCORES", shared_max)
+        out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert torch.equal(w, w_small)  # the same weights either way
 
 
 @pytest.mark.parametrize("mask_dtype", [torch.bool, D])

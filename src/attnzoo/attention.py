@@ -280,16 +280,19 @@ class MultiHeadAttention(nn.Module):
 
     # ----------------------------------------------------------------------------------
     def _check_parameters(self) -> None:
-        """All parameters share one dtype (a bias in another dtype would fail inside F.linear)."""
+        """All parameters share one dtype (a bias in another dtype would fail inside F.linear).
+
+        Reads the parameter dicts directly: this runs on every call, and ``Module.__getattr__``
+        per name costs more than the small attention calls it guards.
+        """
         dtype = self.out_proj.weight.dtype
-        names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "out_proj.bias")
-        for name in names:
-            p = self.out_proj.bias if name == "out_proj.bias" else getattr(self, name)
-            if p is not None and p.dtype != dtype:
-                raise TypeError(
-                    f"MultiHeadAttention parameters must share one dtype, got out_proj.weight {dtype} "
-                    f"and {name} {p.dtype}; convert the module with module.to({dtype})"
-                )
+        for prefix, params in (("", self._parameters), ("out_proj.", self.out_proj._parameters)):
+            for name, p in params.items():
+                if p is not None and p.dtype != dtype:
+                    raise TypeError(
+                        f"MultiHeadAttention parameters must share one dtype, got out_proj.weight {dtype} "
+                        f"and {prefix}{name} {p.dtype}; convert the module with module.to({dtype})"
+                    )
 
     def combine_masks(self, key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
                       dtype: torch.dtype) -> Tensor | None:

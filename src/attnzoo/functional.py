@@ -13,8 +13,12 @@ unlike torch, may be combined with ``attn_mask``.
 
 Beyond torch:
 
-* ``need_weights=True`` returns ``(out, weights)``. The output still comes from torch's
-  fused kernel; the weights are computed separately, a block of query rows at a time.
+* ``need_weights=True`` returns ``(out, weights)``. Up to ``_SHARED_MAX_SCORES`` scores
+  (all batch dims × L × S) the output is ``weights @ value``, as in torch's own weights
+  path; above, the output still comes from torch's fused kernel and the weights are
+  computed separately, a block of query rows at a time. Inside :func:`fused_output`
+  (the recorder uses it) the output always comes from the fused kernel, so asking for
+  weights never changes it.
 * A query row that may attend to nothing (all keys masked) gives 0 output, 0 weights
   and finite gradients, on every path, instead of NaN.
 * NaN/Inf stored at keys/values that no query may see (padding) never reaches the
@@ -28,7 +32,9 @@ right-aligned: ``q (4, 3, 8)`` with ``k, v (4, 4, 6, 8)`` gives ``(4, 4, 3, 8)``
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +43,7 @@ from torch import Tensor
 from ._checks import check_dropout, check_mask_dtype, check_tensor
 from ._fused_autograd import fused_attention, math_attention, needs_math
 
-__all__ = ["attention_reference", "attention_weights", "scaled_dot_product_attention"]
+__all__ = ["attention_reference", "attention_weights", "fused_output", "scaled_dot_product_attention"]
 
 # Blocks of the weights pass hold at most this many float32 scores, by device type: a CPU
 # block stays near its caches (8 MiB); a GPU block (128 MiB) makes a typical call one or a
@@ -49,7 +55,11 @@ _BLOCK_DEFAULT = 1 << 24
 _MASK_ELEMENTS = 1 << 24
 # From this many scores on, causal + a tail key padding mask runs per length of valid keys.
 _LENGTHS_MIN_ELEMENTS = 1 << 16
+# Up to this many scores, need_weights computes the output from the weights it returns: one
+# more matmul on scores already in hand costs less than the fused kernel and a second pass.
+_SHARED_MAX_SCORES = 1 << 18
 _HALF = (torch.float16, torch.bfloat16)
+_fused_output_depth = 0  # > 0 inside fused_output()
 
 RowIndex = Tensor | slice | range | None
 
@@ -148,13 +158,15 @@ def sdpa(
             weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
         return out, weights
 
-    if need_weights and dropout_p > 0.0:
-        # Dropout acts on the weights themselves, so the output must come from them.
-        weights = attention_weights(query, key, attn_mask, is_causal, scale)
-        weights = F.dropout(weights, p=dropout_p)
-        out = weights @ value
+    if need_weights and (dropout_p > 0.0 or _shares_output(query, key)):
+        # The output from the returned weights, as in torch's weights path: dropout acts on
+        # the weights themselves, and at small sizes this is the cheaper route.
+        weights = attention_weights(query, key, attn_mask, is_causal, scale)  # (*, L, S)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, p=dropout_p)
+        out = weights @ value  # (*, L, Ev)
         if average_heads:
-            weights = weights.mean(dim=-3)
+            weights = _head_mean(weights)  # (*, L, S) without the head dim
         if weights_for is not None:
             weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
         return out, weights
@@ -169,6 +181,25 @@ def sdpa(
         query, key, attn_mask, is_causal, scale, average_heads=average_heads, rows=weights_for
     )
     return out, weights
+
+
+@contextlib.contextmanager
+def fused_output() -> Iterator[None]:
+    """Inside, ``need_weights=True`` never changes the output (no dropout): the output comes
+    from torch's fused kernel, bit-identical to ``need_weights=False``, and the weights from
+    a separate pass. :class:`attnzoo.record.AttentionRecorder` records inside it.
+    """
+    global _fused_output_depth
+    _fused_output_depth += 1
+    try:
+        yield
+    finally:
+        _fused_output_depth -= 1
+
+
+def _shares_output(query: Tensor, key: Tensor) -> bool:
+    """Whether need_weights computes the output as weights @ value (small calls)."""
+    return _fused_output_depth == 0 and math.prod(query.shape[:-1]) * key.size(-2) <= _SHARED_MAX_SCORES
 
 
 def _fused(
@@ -294,6 +325,11 @@ def attention_weights(
     """
     L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
+        math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES
+    ):  # small and unmasked (how weights are usually looked at): three ops, no blocks
+        w = torch.softmax(torch.matmul(query * scale, key.transpose(-2, -1)), dim=-1)  # (*, L, S)
+        return _head_mean(w) if average_heads else w
     index = None if rows is None else _row_index(rows, L, query.device)
     acc = torch.float32 if query.dtype in _HALF else query.dtype  # the dtype of the arithmetic
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, attn_mask))
@@ -337,9 +373,7 @@ def attention_weights(
 
     if n_rows <= block:  # one block: no loop, no buffers
         w = weights(0, n_rows, None)
-        if average_heads:
-            w = w.mean(dim=-3)  # (*, R, S) without the head dim
-        return w.to(query.dtype)
+        return (_head_mean(w) if average_heads else w).to(query.dtype)
     if grad:
         blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
         if average_heads:
@@ -362,6 +396,19 @@ def attention_weights(
 # --------------------------------------------------------------------------------------
 # Helpers.
 # --------------------------------------------------------------------------------------
+def _head_mean(w: Tensor) -> Tensor:
+    """``w.mean(dim=-3)``: (*, H, L, S) -> (*, L, S), as one small matmul when ``w`` is contiguous.
+
+    A vector of 1/H times the (H, L·S) heads is a third of ``mean``'s time on small CPU
+    calls (one kernel, no separate division), and one kernel on a GPU too.
+    """
+    if not w.is_contiguous() or w.dim() < 3:
+        return w.mean(dim=-3)
+    *batch, H, L, S = w.shape
+    avg = w.new_full((1, H), 1.0 / H)  # (1, H)
+    return torch.matmul(avg, w.view(*batch, H, L * S)).view(*batch, L, S)  # (*, 1, L·S) -> (*, L, S)
+
+
 def _softmax_(x: Tensor) -> Tensor:
     """Softmax over the last dim, written over its input (inference only: autograd needs it).
 

@@ -24,8 +24,9 @@ What is captured (``AttentionMap.tensor``) for each module found by recursion:
   and ``<name>.spatial``, and a direct ``module.gate(x)`` is recorded too.
 * ``"temporal"``: ``TemporalAttention``: its weights over time, (B, T) or (B, Q, T).
 
-Outputs do not change: attnzoo modules always compute them with the same fused kernel, so
-they are bit-identical (except in training with dropout > 0: the output then comes from
+Outputs do not change: where the caller did not ask for weights, attnzoo modules still
+compute the output with the fused kernel (:func:`attnzoo.functional.fused_output`), and
+where it did, by the same route as unrecorded; so they are bit-identical (except in training with dropout > 0: the output then comes from
 the dropped-out weights, which are recorded). ``nn.MultiheadAttention`` uses another kernel
 when weights are asked for (and ``nn.TransformerEncoderLayer`` leaves its fast path when
 hooked), so its outputs agree to float rounding. Hooks exist only inside ``with`` (removed
@@ -151,6 +152,7 @@ class AttentionRecorder:
         self.names: list[str] = []  # the hooked modules' qualified names, in model order
         self._calls: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
+        self._requests: dict[str, list] = {}  # per hooked module: its callers' requests, innermost last
 
     def __enter__(self) -> AttentionRecorder:
         if self.model is None:
@@ -237,6 +239,7 @@ class AttentionRecorder:
         need_weights, average = _Flag(module, "need_weights"), _Flag(module, "average_attn_weights")
         has_rows = "weights_for" in inspect.signature(module.forward).parameters
         requests: list[tuple[bool, bool, bool] | None] = []  # callers' (need, average, slice rows), innermost last
+        self._requests[name] = requests
 
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             if self._full(name):
@@ -301,7 +304,8 @@ class AttentionRecorder:
             if isinstance(module, MultiHeadAttention) and name in self.names:
                 want = (lambda n=name: not self._full(n))
                 record = (lambda w, n=name, m=module: self._store(n, "attention", m, w))
-                self._undo.append(patch_attend(module, stack, want, record))
+                forced = (lambda r=self._requests[name]: bool(r) and r[-1] is not None and not r[-1][0])
+                self._undo.append(patch_attend(module, stack, want, record, forced))
         if self.sdpa:
             stack.mode = mode = SDPACapture(self._on_sdpa)
             mode.__enter__()

@@ -27,6 +27,7 @@ a model's code (the recorder wires them together inside its ``with`` block):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_
 from torch.utils.hooks import RemovableHandle
 
 from ..attention import MultiHeadAttention
-from ..functional import RowIndex, _row_index, attention_weights
+from ..functional import RowIndex, _row_index, attention_weights, fused_output
 
 __all__ = ["SDPACall", "ModuleStack", "SDPACapture", "sdpa_weights", "weights_numel", "patch_attend"]
 
@@ -177,12 +178,14 @@ def _covered(module: nn.Module) -> bool:
 
 
 def patch_attend(module: MultiHeadAttention, stack: ModuleStack, want: Callable[[], bool],
-                 record: Callable[[Tensor], None]) -> Callable[[], None]:
+                 record: Callable[[Tensor], None], forced: Callable[[], bool]) -> Callable[[], None]:
     """Make ``module.attend`` hand its per-head weights (B, H, L, S) to ``record``.
 
     Only calls from outside the module's ``forward`` (cached decoding) are recorded, and only
     while ``want()``; inside ``forward`` the recorder's forward hooks already record, so the
-    call passes through untouched. The caller still gets exactly what it asked for. Returns
+    call passes through, inside :func:`~attnzoo.functional.fused_output` when ``forced()``
+    (the hooks asked for weights its caller did not want), which keeps the output the one
+    an unrecorded call computes. The caller still gets exactly what it asked for. Returns
     the function that undoes the patch (restoring a previous instance attribute, if any).
     """
     previous = module.__dict__.get("attend")
@@ -191,10 +194,12 @@ def patch_attend(module: MultiHeadAttention, stack: ModuleStack, want: Callable[
     def attend(q: Tensor, k: Tensor, v: Tensor, *, need_weights: bool = False,
                average_attn_weights: bool = True, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
         if stack.running(module) or not want():
-            return inner(q, k, v, need_weights=need_weights, average_attn_weights=average_attn_weights, **kwargs)
+            with fused_output() if stack.running(module) and forced() else contextlib.nullcontext():
+                return inner(q, k, v, need_weights=need_weights, average_attn_weights=average_attn_weights, **kwargs)
         stack.covered += 1  # its SDPA call is this record, not a second one
         try:
-            out, weights = inner(q, k, v, need_weights=True, average_attn_weights=False, **kwargs)
+            with fused_output() if not need_weights else contextlib.nullcontext():
+                out, weights = inner(q, k, v, need_weights=True, average_attn_weights=False, **kwargs)
         finally:
             stack.covered -= 1
         record(weights)
