@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from attnzoo import MultiHeadAttention, Seq2SeqTransformer  # noqa: E402
+from attnzoo._decode_graph import graph_blocker  # noqa: E402
 from attnzoo.bench._core import compare  # noqa: E402
 
 Row = dict[str, Any]
@@ -125,11 +126,73 @@ def decode_row(c: Check) -> Row:
     def gen(cache: bool) -> Callable[[], Any]:
         return lambda: m.generate(src, n, 1, 63, use_cache=cache)
 
-    same = torch.equal(gen(True)(), gen(False)())
+    cached, uncached = gen(True)(), gen(False)()
+    same = torch.equal(cached, uncached)
     a, r = c.compare(gen(True), gen(False), slow=True)
+    graphed = graph_blocker(m, c.device) is None
+    with torch.no_grad():  # the same model in float32: tokens must be identical there
+        m.float()
+        n32 = min(n, 64)
+        same32 = torch.equal(m.generate(src, n32, 1, 63), m.generate(src, n32, 1, 63, use_cache=False))
     return {"path": f"Seq2SeqTransformer.generate, {layers}+{layers} layers, d{d}", "shape": f"B{B} {n} tokens",
             "dtype": str(c.half).removeprefix("torch."), "attnzoo_s": a / n, "reference_s": r / n, "ratio": r / a,
-            "reference": "use_cache=False (recompute)", "same_tokens": same, "goal": ">= 5x and <= 1.0 ms/token"}
+            "reference": "use_cache=False (recompute)", "same_tokens": same,
+            "tokens_agree": (cached == uncached).float().mean().item(),
+            "same_tokens_float32": same32, "float32_tokens": n32, "cuda_graph": graphed,
+            "goal": ">= 5x and <= 1.0 ms/token"}
+
+
+def profile(c: Check, path: str) -> None:
+    """torch.profiler tables (CPU and CUDA time per op) of the CPU-bound GPU calls, to ``path``;
+    prints each call's host time and its synchronisations."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    cases: list[tuple[str, Callable[[], Any]]] = []
+    for B, N, E, H in ((2, 64, 64, 4), (8, 512, 512, 8)):
+        ref = nn.MultiheadAttention(E, H, batch_first=True, device=c.device, dtype=c.half).eval()
+        ours = MultiHeadAttention.from_torch(ref).eval()
+        x = torch.randn(B, N, E, device=c.device, dtype=c.half)
+        for name, m in (("attnzoo", ours), ("torch", ref)):
+            cases.append((f"{name} weights B{B} N{N}", lambda m=m, x=x: m(x, x, x, need_weights=True)))
+            cases.append((f"{name} eval B{B} N{N}", lambda m=m, x=x: m(x, x, x, need_weights=False)))
+    q = torch.randn(8, 8, 512, 64, device=c.device, dtype=c.half)
+    from attnzoo.functional import scaled_dot_product_attention
+    cases.append(("attnzoo sdpa B8 H8 N512", lambda: scaled_dot_product_attention(q, q, q)))
+    cases.append(("torch sdpa B8 H8 N512", lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if c.device.type == "cuda" else [])
+    with open(path, "w") as f:
+        for name, fn in cases:
+            with torch.inference_mode():
+                for _ in range(20):
+                    fn()
+                c.sync()
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    fn()
+                c.sync()
+                wall = (time.perf_counter() - t0) / 50
+                with torch_profile(activities=activities) as prof:
+                    for _ in range(20):
+                        fn()
+                    c.sync()
+            avg = prof.key_averages()
+            syncs = sum(e.count for e in avg if "Synchronize" in e.key or "Memcpy" in e.key or "item" in e.key)
+            print(f"  profile {name}: {wall * 1e6:.0f} us/call, {syncs / 20:.1f} syncs/copies per call", flush=True)
+            f.write(f"=== {name}: {wall * 1e6:.1f} us/call\n")
+            f.write(avg.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60) + "\n")
+        if c.device.type == "cuda":  # one graphed decoding step: its kernels
+            torch.manual_seed(0)
+            m = Seq2SeqTransformer(64, 64, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
+                                   dim_feedforward=2048, max_len=40).to(c.device, c.half)
+            src = torch.randint(2, 63, (8, 32), device=c.device)
+            m.generate(src, 8, 1, 63)
+            with torch_profile(activities=activities) as prof:
+                m.generate(src, 8, 1, 63)
+                c.sync()
+            f.write("=== generate 8 tokens (graphed steps)\n")
+            f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=60))
 
 
 def rows(c: Check) -> list[Callable[[], Row]]:
@@ -154,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="samples per side (default 7, 2 with --tiny)")
     p.add_argument("--no-tests", action="store_true", help="skip pytest tests/test_cuda.py")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the device to FILE")
+    p.add_argument("--profile", metavar="FILE", help="also write torch.profiler tables of small calls to FILE")
+    p.add_argument("--variants", action="store_true",
+                   help="also time the weights rows with the shared route off (fused kernel + weights pass)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -176,10 +242,29 @@ def main(argv: list[str] | None = None) -> int:
             continue
         mem = "" if row.get("attnzoo_mb") is None else (
             f"  memory {row['attnzoo_mb']:.0f} vs {row['reference_mb']:.0f} MiB ({row['memory_ratio']:.1f}x less)")
-        extra = "" if "same_tokens" not in row else f"  same tokens: {row['same_tokens']}"
+        extra = "" if "same_tokens" not in row else (
+            f"  same tokens: {row['same_tokens']} ({row['tokens_agree']:.1%} agree); float32, "
+            f"{row['float32_tokens']} tokens: {row['same_tokens_float32']}; CUDA graph: {row['cuda_graph']}")
         print(f"| {row['path']} | {row['shape']} | {row['dtype']} | {_fmt_s(row['attnzoo_s'])} | "
               f"{_fmt_s(row['reference_s'])} ({row['reference']}) | {row['ratio']:.2f} |{mem}{extra}", flush=True)
     print(f"table: {time.perf_counter() - start:.0f} s")
+    if args.variants:
+        import attnzoo.functional as AF
+
+        saved = AF._SHARED_MAX_SCORES
+        AF._SHARED_MAX_SCORES = {}  # every size takes the fused kernel plus a separate weights pass
+        try:
+            for B, N, E, H, dtype in ((2, 64, 64, 4, c.half), (8, 512, 512, 8, torch.float32), (8, 512, 512, 8, c.half)):
+                row = weights_row(c, B, N, E, H, dtype)
+                print(f"  shared route off: {row['shape']} {row['dtype']}: {_fmt_s(row['attnzoo_s'])} vs "
+                      f"{_fmt_s(row['reference_s'])}, ratio {row['ratio']:.2f}", flush=True)
+        finally:
+            AF._SHARED_MAX_SCORES = saved
+    if args.profile:
+        try:
+            profile(c, args.profile)
+        except Exception as exc:  # diagnostics only: never fail the check
+            print(f"  profile error: {type(exc).__name__}: {exc}")
     if args.json:
         from attnzoo._io import atomic_write_json
 

@@ -81,7 +81,7 @@ def test_float32_output_equals_plain_fused_kernel(monkeypatch, shared_max):
             out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
         assert AF._fused_output_depth == 0  # left on exit
     else:
-        monkeypatch.setattr(AF, "_SHARED_MAX_SCORES", shared_max)
+        monkeypatch.setattr(AF, "_SHARED_MAX_SCORES", {"cpu": shared_max})
         out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
     assert torch.equal(w, w_small)  # the same weights either way
@@ -288,3 +288,16 @@ def test_causal_tail_padding_skips_the_length_route_while_compiling(monkeypatch)
     mask = (torch.arange(6) < torch.tensor([6, 3])[:, None])[:, None, None, :]
     torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask, is_causal=True),
                                attention_reference(q, k, v, mask, is_causal=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([1, 1, 2, 3]), max_size=4), min_size=1, max_size=4))
+def test_shape_broadcast_agrees_with_torch(shapes):
+    """The fast broadcast used by input checking equals torch.broadcast_shapes (or refuses)."""
+    from attnzoo.functional import _broadcast
+
+    try:
+        expected = tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        expected = None
+    assert _broadcast(*map(tuple, shapes)) == expected

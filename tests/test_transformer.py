@@ -132,6 +132,29 @@ def test_decoder_forward_step_matches_forward(norm_first):
     torch.testing.assert_close(torch.cat(steps, 1), expected, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("fully_padded", [False, True])
+def test_memory_keys_are_cleaned_once_and_steps_skip_guards_only_when_safe(fully_padded):
+    """project_memory zeroes padded keys/values once (NaN stored there included); steps then
+    skip attention's guards, except when a sample is fully padded (its rows give 0)."""
+    torch.manual_seed(5)
+    layer = TransformerDecoderLayer(16, 4, 24, dtype=D).eval()
+    tgt, memory = torch.randn(2, 3, 16, dtype=D), torch.randn(2, 5, 16, dtype=D)
+    mpm = torch.zeros(2, 5, dtype=torch.bool)
+    mpm[1, 3:] = True
+    if fully_padded:
+        mpm[0] = True
+    memory[mpm] = float("nan")  # garbage at the padding must not matter
+    mem_kv = layer.precompute_memory(memory, mpm)
+    assert mem_kv.clean is (not fully_padded)
+    hidden = mpm[:, None, :, None].expand_as(mem_kv.k)
+    assert not mem_kv.k[hidden].any() and not mem_kv.v[hidden].any()
+    expected = layer(tgt, memory, memory_key_padding_mask=mpm)
+    cache = KVCache(2, 4, 3, 4, dtype=D)
+    steps = torch.cat([layer.forward_step(tgt[:, t : t + 1], mem_kv, cache, t) for t in range(3)], 1)
+    assert steps.isfinite().all()
+    torch.testing.assert_close(steps, expected, atol=1e-10, rtol=1e-10)
+
+
 # ------------------------------------------------------------ cached generation
 @pytest.mark.parametrize("seed,eos_bias", [(0, 0.0), (1, 0.75), (2, 0.25), (3, 0.25)])
 def test_cached_generation_equals_recomputation(seed, eos_bias):

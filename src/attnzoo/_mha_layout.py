@@ -57,9 +57,11 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
     key = query if key is None else key  # None only when FX traced this module as the root
     value = key if value is None else value
     query = check_tensor("query", query, ndim=(2, 3))
-    key = check_tensor("key", key, ndim=query.dim())
-    value = check_tensor("value", value, ndim=query.dim())
+    key = key if key is query else check_tensor("key", key, ndim=query.dim())
+    value = value if value is key else check_tensor("value", value, ndim=query.dim())
     for name, t, dim in (("query", query, embed_dim), ("key", key, kdim), ("value", value, vdim)):
+        if name != "query" and t is query and dim == embed_dim:
+            continue  # self-attention: checked once
         check_dtype_matches(name, t, dtype, "MultiHeadAttention")
         if t.size(-1) != dim:
             arg = {"query": "embed_dim", "key": "kdim", "value": "vdim"}[name]
@@ -87,10 +89,11 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
 
 
 def _sdpa_pair(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, is_causal: bool,
-               gqa: bool, need_weights: bool, average: bool, weights_for: RowIndex) -> tuple[Tensor, Tensor | None]:
+               gqa: bool, need_weights: bool, average: bool, weights_for: RowIndex,
+               guarded: bool = True) -> tuple[Tensor, Tensor | None]:
     """:func:`sdpa` that always returns ``(out (B, H, L, hs), weights or None)``."""
     res = sdpa(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa, need_weights=need_weights,
-               average_heads=average, weights_for=weights_for)
+               average_heads=average, weights_for=weights_for, guarded=guarded)
     return res if need_weights else (res, None)
 
 

@@ -170,8 +170,17 @@ class MultiHeadAttention(nn.Module):
         self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key
         value = key if value is None else value
-        if not is_fx_symbolic_tracing():  # under FX the parameters are symbolic Proxies
-            self._check_parameters()
+        try:
+            return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                 average_attn_weights, is_causal, weights_for, self_attention)
+        except RuntimeError:
+            if not is_fx_symbolic_tracing():  # under FX the parameters are symbolic Proxies
+                self._check_parameters()  # parameters of mixed dtypes: say so instead
+            raise
+
+    def _forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
+                 need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool, is_causal: bool,
+                 weights_for: RowIndex, self_attention: bool) -> tuple[Tensor, Tensor | None]:
         if isinstance(query, Tensor) and query.is_nested:  # from nn.TransformerEncoder's inference path
             return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
                                         average_attn_weights, is_causal)
@@ -205,6 +214,9 @@ class MultiHeadAttention(nn.Module):
         value = key if value is None else value
         if self._packed and query is key and key is value:
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (B, L, E + 2·kv)
+            if self._kv_dim == self.embed_dim:  # the same views as below, in three ops
+                B, L, _ = qkv.shape
+                return qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             q, k, v = qkv.split([self.embed_dim, self._kv_dim, self._kv_dim], dim=-1)
             return _heads(q, self.num_heads), _heads(k, self.num_kv_heads), _heads(v, self.num_kv_heads)
         return (self.project_query(query), *self.project_kv(key, value))
@@ -239,16 +251,19 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         average_attn_weights: bool = True,
         weights_for: RowIndex = None,
+        guarded: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
         """Attention over already projected heads, then the output projection.
 
         ``q`` (B, H, L, hs), ``k``/``v`` (B, Hkv, S, hs); ``mask`` uses the functional
         polarity (bool True = may attend, float = added) and broadcasts to (B, H, L, S).
-        Returns ``(out (B, L, E), weights or None)``.
+        Returns ``(out (B, L, E), weights or None)``. ``guarded=False`` is for callers that
+        guarantee finite keys/values wherever ``mask`` hides them and no fully masked query
+        row (decoding over caches): it skips the guards for those, a few kernels per call.
         """
         out, weights = _sdpa_pair(
             q, k, v, mask, self.dropout if self.training else 0.0, is_causal, self.num_kv_heads != self.num_heads,
-            need_weights, average_attn_weights, weights_for,
+            need_weights, average_attn_weights, weights_for, guarded,
         )
         B, _, L, _ = out.shape
         out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)

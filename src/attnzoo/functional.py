@@ -14,7 +14,7 @@ unlike torch, may be combined with ``attn_mask``.
 Beyond torch:
 
 * ``need_weights=True`` returns ``(out, weights)``. Up to ``_SHARED_MAX_SCORES`` scores
-  (all batch dims × L × S) the output is ``weights @ value``, as in torch's own weights
+  (all batch dims × L × S; per device type) the output is ``weights @ value``, as in torch's own weights
   path; above, the output still comes from torch's fused kernel and the weights are
   computed separately, a block of query rows at a time. Inside :func:`fused_output`
   (the recorder uses it) the output always comes from the fused kernel, so asking for
@@ -55,9 +55,11 @@ _BLOCK_DEFAULT = 1 << 24
 _MASK_ELEMENTS = 1 << 24
 # From this many scores on, causal + a tail key padding mask runs per length of valid keys.
 _LENGTHS_MIN_ELEMENTS = 1 << 16
-# Up to this many scores, need_weights computes the output from the weights it returns: one
-# more matmul on scores already in hand costs less than the fused kernel and a second pass.
-_SHARED_MAX_SCORES = 1 << 18
+# Up to this many scores (by device type), need_weights computes the output from the weights
+# it returns: one more matmul on scores already in hand costs less than the fused kernel and
+# a second pass. On a GPU that holds up to one weights block (float32 fused kernels are slow).
+_SHARED_MAX_SCORES = {"cpu": 1 << 18, "cuda": 1 << 25}
+_SHARED_DEFAULT = 1 << 18
 _HALF = (torch.float16, torch.bfloat16)
 _fused_output_depth = 0  # > 0 inside fused_output()
 
@@ -110,7 +112,8 @@ def scaled_dot_product_attention(
     (dropped-out) weights, so ``out == weights @ value`` still holds.
     """
     batch = _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
-    if not enable_gqa:  # batch dims broadcast between query, key and value, as in torch
+    if not enable_gqa and not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
+        # batch dims broadcast between query, key and value, as in torch
         query = query.expand(*batch, *query.shape[-2:])  # (*, L, E)
         key = key.expand(*batch, *key.shape[-2:])  # (*, S, E)
         value = value.expand(*batch, *value.shape[-2:])  # (*, S, Ev)
@@ -133,11 +136,14 @@ def sdpa(
     need_weights: bool = False,
     average_heads: bool = False,
     weights_for: RowIndex = None,
+    guarded: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Unchecked core of :func:`scaled_dot_product_attention` (modules validate first).
 
     ``average_heads=True`` returns weights averaged over dim -3 (the heads), computed
     block by block so the per-head weights are never all in memory at once.
+    ``guarded=False``: the caller guarantees finite keys/values wherever the mask hides
+    them and no fully masked query row, so the guards for those are skipped.
     """
     if attn_mask is not None and attn_mask.dim() < 2:  # (S,) or scalar: give it a row dim
         attn_mask = attn_mask.reshape(1, -1)
@@ -145,7 +151,7 @@ def sdpa(
         groups = query.size(-3) // key.size(-3)
         key = key.repeat_interleave(groups, dim=-3)  # (*, H, S, E)
         value = value.repeat_interleave(groups, dim=-3)  # (*, H, S, Ev)
-    if attn_mask is not None:  # keys no query may see: 0, so NaN/Inf stored there stays out
+    if attn_mask is not None and guarded:  # keys no query may see: 0, so NaN/Inf stored there stays out
         key, value = _zero_hidden_keys(key, value, attn_mask)
 
     if needs_math(query, key, value, attn_mask):  # empty sizes, torch.func, forward AD
@@ -174,7 +180,7 @@ def sdpa(
     if attn_mask is not None and is_causal:
         out = _causal_masked_sdpa(query, key, value, attn_mask, dropout_p, scale)
     else:
-        out = _fused(query, key, value, attn_mask, dropout_p, is_causal, scale)
+        out = _fused(query, key, value, attn_mask, dropout_p, is_causal, scale, guarded=guarded)
     if not need_weights:
         return out
     weights = attention_weights(
@@ -199,12 +205,13 @@ def fused_output() -> Iterator[None]:
 
 def _shares_output(query: Tensor, key: Tensor) -> bool:
     """Whether need_weights computes the output as weights @ value (small calls)."""
-    return _fused_output_depth == 0 and math.prod(query.shape[:-1]) * key.size(-2) <= _SHARED_MAX_SCORES
+    limit = _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
+    return _fused_output_depth == 0 and math.prod(query.shape[:-1]) * key.size(-2) <= limit
 
 
 def _fused(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, causal: bool,
-    scale: float | None, offset: int = 0,
+    scale: float | None, offset: int = 0, guarded: bool = True,
 ) -> Tensor:
     """torch's fused kernel, made safe for rows that may attend to nothing.
 
@@ -214,6 +221,8 @@ def _fused(
     if mask is None:
         return fused_attention(q, k, v, None, p, causal, scale)
     mask = _merge_causal(mask, causal, q.size(-2), k.size(-2), offset)
+    if not guarded:  # the caller promises no fully masked row
+        return fused_attention(q, k, v, mask, p, False, scale)
     mask, empty = _open_empty_rows(mask)
     out = fused_attention(q, k, v, mask, p, False, scale)
     return out.masked_fill(empty, 0.0)  # (*, L, Ev); zero output, zero gradient
@@ -326,7 +335,7 @@ def attention_weights(
     L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
-        math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES
+        math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
     ):  # small and unmasked (how weights are usually looked at): three ops, no blocks
         w = torch.softmax(torch.matmul(query * scale, key.transpose(-2, -1)), dim=-1)  # (*, L, S)
         return _head_mean(w) if average_heads else w
@@ -501,25 +510,37 @@ def _validate(
             )
         batch = tuple(qb)
     else:
-        try:  # leading (batch) dims broadcast, right-aligned, as torch's SDPA allows
-            batch = tuple(torch.broadcast_shapes(qb, kb, vb))
-        except RuntimeError:
+        batch = _broadcast(qb, kb, vb)  # leading (batch) dims broadcast, right-aligned, as in torch
+        if batch is None:
             raise ValueError(
                 f"query, key and value batch dims (all but the last two) must broadcast, got query "
                 f"{tuple(q.shape)}, key {tuple(k.shape)} and value {tuple(v.shape)}"
-            ) from None
+            )
     check_dropout("dropout_p", dropout_p)
     if attn_mask is not None:
         check_mask_dtype("attn_mask", attn_mask)
         target = (*batch, q.size(-2), k.size(-2))
-        try:
-            ok = torch.broadcast_shapes(attn_mask.shape, target) == torch.Size(target)
-        except RuntimeError:
-            ok = False
-        if not ok:
+        if _broadcast(attn_mask.shape, target) != target:
             raise ValueError(
                 f"attn_mask must broadcast to (..., L, S) = {target}, got {tuple(attn_mask.shape)}"
             )
         if attn_mask.is_floating_point() and attn_mask.dtype != q.dtype:
             raise TypeError(f"a float attn_mask must have the query's dtype {q.dtype}, got {attn_mask.dtype}")
     return batch
+
+
+def _broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The right-aligned broadcast of ``shapes``, or None where they do not broadcast.
+
+    ``torch.broadcast_shapes`` builds tensors to find out, which costs more (tens of µs)
+    than the attention call itself on a GPU.
+    """
+    if all(s == shapes[0] for s in shapes):
+        return tuple(shapes[0])
+    out = []
+    for i in range(1, max(len(s) for s in shapes) + 1):
+        sizes = {s[-i] for s in shapes if len(s) >= i} - {1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(reversed(out))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ._checks import check_positive_int, check_tensor
 from .attention import MultiHeadAttention
+from .functional import _zero_hidden_keys
 
 __all__ = ["KVCache", "MemoryKV", "DecodeState", "attend_cached", "attend_memory", "project_memory"]
 
@@ -74,11 +75,14 @@ class MemoryKV(NamedTuple):
 
     ``k``, ``v``: ``(B, Hkv, S, hs)``. ``mask``: ``None`` or ``(B, 1, 1, S)`` in the
     FUNCTIONAL polarity (bool True = may attend; float = added to the scores).
+    ``clean``: True when ``k``/``v`` are zero wherever ``mask`` hides them and no sample
+    is fully masked, so each step can skip attention's guards for those.
     """
 
     k: Tensor
     v: Tensor
     mask: Tensor | None
+    clean: bool = False
 
 
 class DecodeState(NamedTuple):
@@ -98,7 +102,11 @@ def project_memory(attn: MultiHeadAttention, memory: Tensor, key_padding_mask: T
     k, v = attn.project_kv(memory)  # (B, Hkv, S, hs) ×2
     B, S = memory.shape[:2]
     mask = attn.combine_masks(key_padding_mask, None, B, 1, S, k.dtype)  # (B, 1, 1, S) or None
-    return MemoryKV(k, v, mask)
+    if mask is None:
+        return MemoryKV(k, v, None, clean=True)
+    k, v = _zero_hidden_keys(k, v, mask)  # once here instead of in every step
+    allowed = mask if mask.dtype == torch.bool else ~mask.isneginf()
+    return MemoryKV(k, v, mask, clean=bool(allowed.any(dim=-1).all()))  # one host sync per sequence
 
 
 def attend_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache, pos: int | Tensor) -> Tensor:
@@ -116,7 +124,9 @@ def attend_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache, pos: int 
         cache.k_cache.index_copy_(2, pos, k)  # (B, Hkv, max_len, hs), slot pos written
         cache.v_cache.index_copy_(2, pos, v)
         written = torch.arange(cache.max_len, device=x.device) <= pos  # (max_len,) True = may attend
-        return attn.attend(q, cache.k_cache, cache.v_cache, mask=written)[0]
+        # unwritten slots hold zeros (or an earlier sequence's finite values) and slot 0 is
+        # always visible: the guards against NaN padding and empty rows are not needed
+        return attn.attend(q, cache.k_cache, cache.v_cache, mask=written, guarded=False)[0]
     k, v = cache.update(pos, k, v)  # (B, Hkv, pos+T, hs) ×2
     T = x.size(1)
     mask = None  # a single new token may see the whole prefix
@@ -128,4 +138,4 @@ def attend_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache, pos: int 
 def attend_memory(attn: MultiHeadAttention, x: Tensor, memory_kv: MemoryKV) -> Tensor:
     """Cross-attention of ``x`` (B, T, E) over keys/values from :func:`project_memory` -> (B, T, E)."""
     q = attn.project_query(x)  # (B, H, T, hs)
-    return attn.attend(q, memory_kv.k, memory_kv.v, mask=memory_kv.mask)[0]
+    return attn.attend(q, memory_kv.k, memory_kv.v, mask=memory_kv.mask, guarded=not memory_kv.clean)[0]
