@@ -46,11 +46,14 @@ from ._fused_autograd import fused_attention, math_attention, needs_math
 __all__ = ["attention_reference", "attention_weights", "fused_output", "scaled_dot_product_attention"]
 
 # Blocks of the weights pass hold at most this many float32 scores, by device type: a CPU
-# block stays near its caches (8 MiB); a GPU block (128 MiB) makes a typical call one or a
-# few launches, while its scores and softmax (2 × 128 MiB) stay well under a third of the
-# per-head weights torch materialises at N >= 4096. Other devices get the middle value.
+# block stays near its caches (8 MiB); on a GPU a call up to 128 MiB of scores is one block
+# (one launch per step). Other devices get the middle value.
 _BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
 _BLOCK_DEFAULT = 1 << 24
+# A GPU call with more scores than one block runs in slices of at most 1/32 of them: the
+# block's float32 buffers (scores, softmax, head sum) then stay under a fifth of the
+# half-precision per-head weights torch materialises, at any length.
+_GPU_BLOCK_SLICES = 32
 # Above this many mask elements a causal+mask combination is built per query block.
 _MASK_ELEMENTS = 1 << 24
 # From this many scores on, causal + a tail key padding mask runs per length of valid keys.
@@ -351,7 +354,11 @@ def attention_weights(
     kt = key.to(acc).contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
     n_rows, batch = q.size(-2), q.shape[:-2]
     heads = batch[-1] if average_heads else 1
-    block = max(1, _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT) // max(1, math.prod(batch) * S))
+    budget = _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT)
+    total = math.prod(batch) * n_rows * S  # the call's scores
+    if total > budget and q.device.type != "cpu":  # big calls: a 1/32 slice at a time (memory)
+        budget = max(1 << 20, min(budget, total // _GPU_BLOCK_SLICES))
+    block = max(1, budget // max(1, math.prod(batch) * S))
     inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
 
     def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, S) in acc
