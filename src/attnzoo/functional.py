@@ -50,9 +50,11 @@ __all__ = ["attention_reference", "attention_weights", "fused_output", "scaled_d
 # (one launch per step). Other devices get the middle value.
 _BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
 _BLOCK_DEFAULT = 1 << 24
-# A GPU call with more scores than one block runs in slices of at most 1/32 of them: the
-# block's float32 buffers (scores, softmax, head sum) then stay under a fifth of the
-# half-precision per-head weights torch materialises, at any length.
+# A GPU call with at least 2^27 scores (N = 4096 with 8 heads) runs in slices of at most
+# 1/32 of them: the block's float32 buffers (scores, softmax, head sum) then stay a small
+# fraction of the half-precision per-head weights torch materialises. Below that, fewer and
+# larger blocks: each block costs launches, and a GPU host is slow to issue them.
+_GPU_SLICED_FROM = 1 << 27
 _GPU_BLOCK_SLICES = 32
 # Above this many mask elements a causal+mask combination is built per query block.
 _MASK_ELEMENTS = 1 << 24
@@ -356,8 +358,8 @@ def attention_weights(
     heads = batch[-1] if average_heads else 1
     budget = _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT)
     total = math.prod(batch) * n_rows * S  # the call's scores
-    if total > budget and q.device.type != "cpu":  # big calls: a 1/32 slice at a time (memory)
-        budget = max(1 << 20, min(budget, total // _GPU_BLOCK_SLICES))
+    if total >= _GPU_SLICED_FROM and q.device.type != "cpu":  # long sequences: a 1/32 slice at a time
+        budget = min(budget, total // _GPU_BLOCK_SLICES)
     block = max(1, budget // max(1, math.prod(batch) * S))
     inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
 
