@@ -268,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from attnzoo._io import atomic_write_json
 
-        atomic_write_json(args.json, {"device": name, "torch": torch.__version__, "tiny": args.tiny, "rows": out})
+        command = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        atomic_write_json(args.json, {"device": name, "torch": torch.__version__, "tiny": args.tiny,
+                                      "command": command.strip(),
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": out})
     rc = 1 if any("error" in r for r in out) else 0
     if not args.no_tests:
         rc = max(rc, subprocess.call([sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_cuda.py")],

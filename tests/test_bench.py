@@ -325,3 +325,30 @@ def test_docs_block_render_replaces_only_the_block(tmp_path):
     assert new.startswith("before\n<!-- bench: r.json -->\n| group |") and new.endswith("<!-- /bench -->\nafter\n")
     assert "| masked | m | N=8 | 1 s | 3 s | 3.00x |" in new and "old table" not in new
     assert render_blocks(new, tmp_path) == new
+
+
+def test_gpu_check_table_states_each_goal_and_whether_it_is_met(tmp_path):
+    """The GPU table: goals from issue 10 per row kind, met or not, in a block like the bench's."""
+    from attnzoo.bench._docs import gpu_check_table, render_blocks
+
+    weights = {"path": "MHA eval, need_weights=True (averaged)", "shape": "B1 N8192", "dtype": "bfloat16",
+               "attnzoo_s": 0.002, "reference_s": 0.004, "ratio": 2.0, "reference": "torch",
+               "attnzoo_mb": 100.0, "reference_mb": 200.0, "memory_ratio": 2.0}
+    masked = {"path": "MHA fwd+bwd, causal + key padding (last 1/8)", "shape": "N16384", "dtype": "bfloat16",
+              "attnzoo_s": 0.004, "reference_s": 0.0032, "ratio": 0.8, "reference": "causal alone"}
+    decode = {"path": "Seq2SeqTransformer.generate", "shape": "B8 256 tokens", "dtype": "bfloat16",
+              "attnzoo_s": 0.0012, "reference_s": 0.012, "ratio": 10.0, "reference": "recompute",
+              "same_tokens": False, "tokens_agree": 0.5, "same_tokens_float32": True, "float32_tokens": 64,
+              "cuda_graph": True}
+    report = {"device": "GPU", "torch": "2", "rows": [weights, masked, decode, {"path": "error", "error": "boom"}]}
+    lines = gpu_check_table(report).splitlines()
+    assert lines[2].endswith("| 2.00x | ≥ 1.0x, memory ≤ 1/3 | **no** | peak memory 100 vs 200 MiB "
+                             "(2.0x less; goal ≥ 3x) |")  # fast enough, but not lean enough
+    assert "| 0.80x | ≥ 1/1.3 = 0.77x | yes |" in lines[3]
+    assert "| 1.2 ms/token | 12 ms/token (recompute) | 10.00x | ≥ 5x and ≤ 1 ms/token | **no** |" in lines[4]
+    assert "float32 tokens (64) identical: yes; bfloat16 tokens equal to uncached: 50.0%" in lines[4]
+    assert lines[5].startswith("| error: boom |") and lines[-1].startswith("GPU, torch 2;")
+    (tmp_path / "g.json").write_text(json.dumps(report))
+    text = "a\n<!-- gpu-check: g.json -->\nold\n<!-- /gpu-check -->\nb\n"
+    new = render_blocks(text, tmp_path)
+    assert "old" not in new and new.endswith("<!-- /gpu-check -->\nb\n") and render_blocks(new, tmp_path) == new
