@@ -81,3 +81,44 @@ def test_cuda_causal_tail_padding_and_bf16_weights(monkeypatch):
     h = torch.full((1, 1, 2, 64), 100.0, device="cuda", dtype=torch.float16)
     assert torch.equal(scaled_dot_product_attention(h, h, h, need_weights=True)[1].float().cpu(),
                        torch.full((1, 1, 2, 2), 0.5))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_cuda_head_mean_weights_kernels_match_the_formula(dtype, tol):
+    """The Triton kernels (compiled, where Triton is installed) against float64, masks included."""
+    import math
+
+    from attnzoo import _triton_weights as TW
+
+    if TW._triton() is None:
+        pytest.skip("Triton is not installed")
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 4, 300, 40, generator=g), torch.randn(2, 4, 257, 40, generator=g)
+    pad = torch.ones(2, 1, 1, 257, dtype=torch.bool)
+    pad[0, ..., 200:] = False
+    pad[1] = False  # nothing to attend to: zeros
+    for mask, causal in ((None, False), (None, True), (pad, False), (pad, True)):
+        ref = attention_reference(q.double(), k.double(), k.double(), mask, is_causal=causal,
+                                  need_weights=True)[1].mean(1)
+        got = TW.head_mean_weights(q.cuda().to(dtype), k.cuda().to(dtype), None if mask is None else mask.cuda(),
+                                   causal, 1 / math.sqrt(40))
+        assert got.dtype == dtype and got.isfinite().all()
+        torch.testing.assert_close(got.cpu().double(), ref, atol=tol, rtol=0)
+
+
+def test_cuda_mha_weights_through_the_kernels_equal_the_blocked_path(monkeypatch):
+    import attnzoo.functional as AF
+
+    torch.manual_seed(0)
+    m = az.MultiHeadAttention(64, 8).cuda().eval()
+    x = torch.randn(3, 700, 64, device="cuda")
+    kpm = torch.zeros(3, 700, dtype=torch.bool, device="cuda")
+    kpm[1, 500:] = True
+    with torch.inference_mode():
+        out, w = m(x, key_padding_mask=kpm, need_weights=True)
+        monkeypatch.setattr(AF, "_kernels_serve", lambda *a: False)
+        monkeypatch.setattr(AF, "_SHARED_MAX_SCORES", {})
+        monkeypatch.setattr(AF, "_SHARED_DEFAULT", 0)
+        out2, w2 = m(x, key_padding_mask=kpm, need_weights=True)
+    assert torch.equal(out, out2)
+    torch.testing.assert_close(w, w2, atol=1e-5, rtol=0)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import check_dropout, check_mask_dtype, check_tensor
+from . import _triton_weights
 from ._fused_autograd import fused_attention, math_attention, needs_math
 
 __all__ = ["attention_reference", "attention_weights", "fused_output", "scaled_dot_product_attention"]
@@ -169,7 +170,7 @@ def sdpa(
             weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
         return out, weights
 
-    if need_weights and (dropout_p > 0.0 or _shares_output(query, key)):
+    if need_weights and (dropout_p > 0.0 or _shares_output(query, key, attn_mask, average_heads, weights_for)):
         # The output from the returned weights, as in torch's weights path: dropout acts on
         # the weights themselves, and at small sizes this is the cheaper route.
         weights = attention_weights(query, key, attn_mask, is_causal, scale)  # (*, L, S)
@@ -208,10 +209,23 @@ def fused_output() -> Iterator[None]:
         _fused_output_depth -= 1
 
 
-def _shares_output(query: Tensor, key: Tensor) -> bool:
-    """Whether need_weights computes the output as weights @ value (small calls)."""
+def _shares_output(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
+    """Whether need_weights computes the output as weights @ value (small calls, unless the
+    GPU kernels for averaged weights serve the call: the fused kernel plus those is faster)."""
+    if _fused_output_depth or _kernels_serve(query, key, mask, average, rows):
+        return False
     limit = _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
-    return _fused_output_depth == 0 and math.prod(query.shape[:-1]) * key.size(-2) <= limit
+    return math.prod(query.shape[:-1]) * key.size(-2) <= limit
+
+
+def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
+    """Whether :mod:`attnzoo._triton_weights` computes these head-averaged weights: CUDA
+    with Triton installed, all rows, no gradient wanted, not inside torch.compile."""
+    return (
+        average and rows is None and query.dim() >= 3 and _triton_weights.available(query)
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, mask)))
+        and not torch.compiler.is_compiling()
+    )
 
 
 def _fused(
@@ -330,6 +344,9 @@ def attention_weights(
 ) -> Tensor:
     """softmax(Q Kᵀ · scale + mask) for the chosen query rows, one block of rows at a time.
 
+    On CUDA with Triton installed, head-averaged weights of all rows without autograd come
+    from :mod:`attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
+
     Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
     ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
     Blocks hold at most ``_BLOCK_ELEMENTS[device type]`` scores; a call that fits is one
@@ -339,6 +356,8 @@ def attention_weights(
     """
     L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    if _kernels_serve(query, key, attn_mask, average_heads, rows):  # on a GPU: no per-head scores at all
+        return _triton_weights.head_mean_weights(query, key, attn_mask, is_causal, scale)
     if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
         math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
     ):  # small and unmasked (how weights are usually looked at): three ops, no blocks
