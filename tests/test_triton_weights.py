@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -76,3 +77,25 @@ def test_kernels_match_the_float64_formula_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+def test_a_failing_kernel_falls_back_to_the_blocked_path_with_one_warning(monkeypatch):
+    import torch
+
+    import attnzoo.functional as AF
+    from attnzoo import _triton_weights as TW
+
+    monkeypatch.setattr(TW, "_disabled", [])
+    monkeypatch.setattr(TW, "available", lambda q: not TW._disabled)
+
+    def broken(*args):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(TW, "head_mean_weights", broken)
+    q, k = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 6, 4)
+    with pytest.warns(RuntimeWarning, match="Triton weights kernels failed .*no compiler"):
+        w = AF.attention_weights(q, k, average_heads=True)
+    torch.testing.assert_close(w, torch.softmax(q @ k.transpose(-1, -2) / 2, -1).mean(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # disabled for good: no second try, no second warning
+        assert TW._disabled and AF.attention_weights(q, k, average_heads=True).shape == (2, 5, 6)

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "head_mean_weights"]
+__all__ = ["available", "disable", "head_mean_weights"]
 
 BLOCK_M, BLOCK_N = 64, 64
 _MAX_GRID_Z = 65535
@@ -47,9 +48,20 @@ def _triton() -> tuple | None:
     return lse_kernel, mean_kernel
 
 
+_disabled: list[str] = []  # why the kernels failed once, if they did
+
+
 def available(q: Tensor) -> bool:
     """Whether the kernels can serve ``q`` (a CUDA float16/bfloat16/float32 tensor, Triton installed)."""
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and _triton() is not None
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and not _disabled
+            and _triton() is not None)
+
+
+def disable(exc: BaseException) -> None:
+    """Stop using the kernels in this process (they failed to compile or run here), with one warning."""
+    _disabled.append(f"{type(exc).__name__}: {exc}")
+    warnings.warn(f"attnzoo: the Triton weights kernels failed ({_disabled[0][:300]}); "
+                  "need_weights uses the blocked path from now on", RuntimeWarning, stacklevel=3)
 
 
 def head_mean_weights(q: Tensor, k: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:

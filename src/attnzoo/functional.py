@@ -357,7 +357,10 @@ def attention_weights(
     L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     if _kernels_serve(query, key, attn_mask, average_heads, rows):  # on a GPU: no per-head scores at all
-        return _triton_weights.head_mean_weights(query, key, attn_mask, is_causal, scale)
+        try:
+            return _triton_weights.head_mean_weights(query, key, attn_mask, is_causal, scale)
+        except Exception as exc:  # a Triton or driver that cannot build them: the blocked path, for good
+            _triton_weights.disable(exc)
     if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
         math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
     ):  # small and unmasked (how weights are usually looked at): three ops, no blocks
