@@ -109,9 +109,12 @@ def test_cuda_head_mean_weights_kernels_match_the_formula(dtype, tol):
 def test_cuda_mha_weights_through_the_kernels_equal_the_blocked_path(monkeypatch):
     import attnzoo.functional as AF
 
+    from attnzoo import _triton_weights as TW
+
     torch.manual_seed(0)
-    m = az.MultiHeadAttention(64, 8).cuda().eval()
-    x = torch.randn(3, 700, 64, device="cuda")
+    m = az.MultiHeadAttention(64, 8).cuda().half().eval()
+    x = torch.randn(3, 700, 64, device="cuda", dtype=torch.float16)
+    assert TW.available(x) == (TW._triton() is not None)  # half precision on CUDA: the kernels serve
     kpm = torch.zeros(3, 700, dtype=torch.bool, device="cuda")
     kpm[1, 500:] = True
     with torch.inference_mode():
@@ -121,4 +124,4 @@ def test_cuda_mha_weights_through_the_kernels_equal_the_blocked_path(monkeypatch
         monkeypatch.setattr(AF, "_SHARED_DEFAULT", 0)
         out2, w2 = m(x, key_padding_mask=kpm, need_weights=True)
     assert torch.equal(out, out2)
-    torch.testing.assert_close(w, w2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(w, w2, atol=1e-3, rtol=0)

@@ -52,9 +52,13 @@ _disabled: list[str] = []  # why the kernels failed once, if they did
 
 
 def available(q: Tensor) -> bool:
-    """Whether the kernels can serve ``q`` (a CUDA float16/bfloat16/float32 tensor, Triton installed)."""
-    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and not _disabled
-            and _triton() is not None)
+    """Whether the kernels serve ``q``: a CUDA float16/bfloat16 tensor, Triton installed.
+
+    Not float32: with exact float32 products the two score passes were slower on an H100
+    than the routes they replace (docs/performance.md, the GPU section); the kernels still
+    compute float32 correctly when called directly.
+    """
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not _disabled and _triton() is not None
 
 
 def disable(exc: BaseException) -> None:
