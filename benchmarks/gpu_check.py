@@ -249,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt_s(row['reference_s'])} ({row['reference']}) | {row['ratio']:.2f} |{mem}{extra}", flush=True)
     print(f"table: {time.perf_counter() - start:.0f} s")
     if args.variants:  # the weights rows without the Triton kernels: the routes they replace
-        import attnzoo.functional as AF
+        import attnzoo._weights as AW
 
-        saved = AF._kernels_serve
-        AF._kernels_serve = lambda *a: False
+        saved = AW._kernels_serve
+        AW._kernels_serve = lambda *a: False
         try:
             for B, N, E, H, dtype in ((8, 512, 512, 8, torch.float32), (2, 2048, 512, 8, torch.float32),
                                       (1, 8192, 1024, 16, c.half)):
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  without the kernels: {row['shape']} {row['dtype']}: {_fmt_s(row['attnzoo_s'])} vs "
                       f"{_fmt_s(row['reference_s'])}, ratio {row['ratio']:.2f}", flush=True)
         finally:
-            AF._kernels_serve = saved
+            AW._kernels_serve = saved
     if args.profile:
         try:
             profile(c, args.profile)

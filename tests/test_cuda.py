@@ -69,9 +69,9 @@ def test_cuda_generate_replays_a_graph_and_equals_uncached(monkeypatch):
 
 def test_cuda_causal_tail_padding_and_bf16_weights(monkeypatch):
     """The per-length causal route and the float32-accumulated half weights, on the GPU."""
-    import attnzoo.functional as AF
+    import attnzoo._masked as AM
 
-    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(AM, "_LENGTHS_MIN_ELEMENTS", 1)
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(3, 2, 40, 16, generator=g, dtype=torch.float64) for _ in range(3))
     mask = (torch.arange(40) < torch.tensor([40, 17, 0])[:, None])[:, None, None, :]
@@ -107,7 +107,7 @@ def test_cuda_head_mean_weights_kernels_match_the_formula(dtype, tol):
 
 
 def test_cuda_mha_weights_through_the_kernels_equal_the_blocked_path(monkeypatch):
-    import attnzoo.functional as AF
+    import attnzoo._weights as AW
 
     from attnzoo import _triton_weights as TW
 
@@ -119,9 +119,9 @@ def test_cuda_mha_weights_through_the_kernels_equal_the_blocked_path(monkeypatch
     kpm[1, 500:] = True
     with torch.inference_mode():
         out, w = m(x, key_padding_mask=kpm, need_weights=True)
-        monkeypatch.setattr(AF, "_kernels_serve", lambda *a: False)
-        monkeypatch.setattr(AF, "_SHARED_MAX_SCORES", {})
-        monkeypatch.setattr(AF, "_SHARED_DEFAULT", 0)
+        monkeypatch.setattr(AW, "_kernels_serve", lambda *a: False)
+        monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {})
+        monkeypatch.setattr(AW, "_SHARED_DEFAULT", 0)
         out2, w2 = m(x, key_padding_mask=kpm, need_weights=True)
     assert torch.equal(out, out2)
     torch.testing.assert_close(w, w2, atol=1e-3, rtol=0)

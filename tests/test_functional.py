@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import attnzoo._masked as AM
+import attnzoo._weights as AW
 import attnzoo.functional as AF
 from attnzoo.functional import attention_reference, attention_weights, scaled_dot_product_attention
 
@@ -72,8 +74,6 @@ def test_small_weights_calls_take_the_output_from_the_weights(is_causal):
 def test_float32_output_equals_plain_fused_kernel(monkeypatch, shared_max):
     """Inside fused_output() (the recorder), or above the small-call size, asking for the
     weights never changes the output: it is torch's fused kernel, bit for bit."""
-    import attnzoo.functional as AF
-
     q, k, v = qkv(dtype=torch.float32)
     _, w_small = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
     if shared_max is None:
@@ -81,7 +81,7 @@ def test_float32_output_equals_plain_fused_kernel(monkeypatch, shared_max):
             out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
         assert AF._fused_output_depth == 0  # left on exit
     else:
-        monkeypatch.setattr(AF, "_SHARED_MAX_SCORES", {"cpu": shared_max})
+        monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {"cpu": shared_max})
         out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
     assert torch.equal(w, w_small)  # the same weights either way
@@ -131,8 +131,8 @@ def test_blocked_paths_equal_unblocked(monkeypatch, grad):
     q, k, v = qkv(L=11, S=11)
     mask = torch.rand(2, 1, 1, 11, generator=torch.Generator().manual_seed(7)) > 0.3
     expected = attention_reference(q, k, v, mask, is_causal=True, need_weights=True)
-    monkeypatch.setitem(AF._BLOCK_ELEMENTS, "cpu", 40)
-    monkeypatch.setattr(AF, "_MASK_ELEMENTS", 1)
+    monkeypatch.setitem(AW._BLOCK_ELEMENTS, "cpu", 40)
+    monkeypatch.setattr(AM, "_MASK_ELEMENTS", 1)
     for t in (q, k, v):
         t.requires_grad_(grad)
     out, w = scaled_dot_product_attention(q, k, v, mask, is_causal=True, need_weights=True)
@@ -153,10 +153,10 @@ def test_blocked_paths_equal_unblocked(monkeypatch, grad):
 ])
 def test_causal_tail_padding_runs_per_length_and_equals_formula(monkeypatch, kind, lengths, L):
     """Causal + a key padding tail: each length of valid keys runs the causal kernel unmasked."""
-    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(AM, "_LENGTHS_MIN_ELEMENTS", 1)
     calls = []
-    real = AF._per_length_causal_sdpa
-    monkeypatch.setattr(AF, "_per_length_causal_sdpa", lambda *a: calls.append(a[3]) or real(*a))
+    real = AM._per_length_causal_sdpa
+    monkeypatch.setattr(AM, "_per_length_causal_sdpa", lambda *a: calls.append(a[3]) or real(*a))
     q, k, v = (t.requires_grad_() for t in qkv(B=4, H=2, L=L, S=9, E=4, Ev=3))
     allowed = torch.arange(9) < torch.tensor(lengths)[:, None]  # (B, S)
     mask = allowed[:, None, None, :]
@@ -174,8 +174,8 @@ def test_causal_tail_padding_runs_per_length_and_equals_formula(monkeypatch, kin
 
 
 def test_causal_with_other_masks_does_not_take_the_length_route(monkeypatch):
-    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
-    monkeypatch.setattr(AF, "_per_length_causal_sdpa", None)  # would fail if called
+    monkeypatch.setattr(AM, "_LENGTHS_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(AM, "_per_length_causal_sdpa", None)  # would fail if called
     q, k, v = qkv(B=3, H=2, L=6, S=6)
     left = torch.arange(6) >= torch.tensor([0, 2, 1])[:, None]  # left padding: a suffix is valid
     holes = torch.tensor([True, False, True, True, True, True]).expand(3, 6)
@@ -281,8 +281,8 @@ def test_bad_weights_for():
 def test_causal_tail_padding_skips_the_length_route_while_compiling(monkeypatch):
     """The per-length route reads the lengths on the host: inside torch.compile (or jit tracing)
     that would break the graph, so the masked kernel runs instead, with the same result."""
-    monkeypatch.setattr(AF, "_LENGTHS_MIN_ELEMENTS", 1)
-    monkeypatch.setattr(AF, "_per_length_causal_sdpa", None)  # would fail if called
+    monkeypatch.setattr(AM, "_LENGTHS_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(AM, "_per_length_causal_sdpa", None)  # would fail if called
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     q, k, v = qkv(B=2, H=2, L=6, S=6, E=4, Ev=4)
     mask = (torch.arange(6) < torch.tensor([6, 3])[:, None])[:, None, None, :]

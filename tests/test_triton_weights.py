@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(r'''
     import math, torch
-    import attnzoo.functional as AF
+    import attnzoo._weights as AW
     from attnzoo import _triton_weights as TW
     from attnzoo.functional import attention_reference, scaled_dot_product_attention
 
@@ -64,8 +64,8 @@ SCRIPT = textwrap.dedent(r'''
     kpm[1, 50:] = True
     with torch.inference_mode():
         out, w = mha(x, key_padding_mask=kpm, is_causal=True, need_weights=True)
-        AF._kernels_serve = lambda *a: False
-        AF._SHARED_MAX_SCORES, AF._SHARED_DEFAULT = {}, 0  # the fused output as above; blocked weights
+        AW._kernels_serve = lambda *a: False
+        AW._SHARED_MAX_SCORES, AW._SHARED_DEFAULT = {}, 0  # the fused output as above; blocked weights
         out2, w2 = mha(x, key_padding_mask=kpm, is_causal=True, need_weights=True)
     assert torch.equal(out, out2)  # served by the kernels, the output stays on the fused kernel
     torch.testing.assert_close(w, w2, atol=1e-6, rtol=1e-6)
@@ -82,7 +82,7 @@ def test_kernels_match_the_float64_formula_in_the_interpreter():
 def test_a_failing_kernel_falls_back_to_the_blocked_path_with_one_warning(monkeypatch):
     import torch
 
-    import attnzoo.functional as AF
+    import attnzoo._weights as AW
     from attnzoo import _triton_weights as TW
 
     monkeypatch.setattr(TW, "_disabled", [])
@@ -94,8 +94,8 @@ def test_a_failing_kernel_falls_back_to_the_blocked_path_with_one_warning(monkey
     monkeypatch.setattr(TW, "head_mean_weights", broken)
     q, k = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 6, 4)
     with pytest.warns(RuntimeWarning, match="Triton weights kernels failed .*no compiler"):
-        w = AF.attention_weights(q, k, average_heads=True)
+        w = AW.attention_weights(q, k, average_heads=True)
     torch.testing.assert_close(w, torch.softmax(q @ k.transpose(-1, -2) / 2, -1).mean(1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # disabled for good: no second try, no second warning
-        assert TW._disabled and AF.attention_weights(q, k, average_heads=True).shape == (2, 5, 6)
+        assert TW._disabled and AW.attention_weights(q, k, average_heads=True).shape == (2, 5, 6)

@@ -13,10 +13,11 @@ unlike torch, may be combined with ``attn_mask``.
 
 Beyond torch:
 
-* ``need_weights=True`` returns ``(out, weights)``. Up to ``_SHARED_MAX_SCORES`` scores
-  (all batch dims × L × S; per device type) the output is ``weights @ value``, as in torch's own weights
-  path; above, the output still comes from torch's fused kernel and the weights are
-  computed separately, a block of query rows at a time. Inside :func:`fused_output`
+* ``need_weights=True`` returns ``(out, weights)``. For small calls (see
+  ``attnzoo._weights._SHARED_MAX_SCORES``) the output is ``weights @ value``, as in
+  torch's own weights path; above, the output still comes from torch's fused kernel and
+  the weights are computed separately (:mod:`attnzoo._weights`: blocks of query rows, or
+  Triton kernels on a GPU). Inside :func:`fused_output`
   (the recorder uses it) the output always comes from the fused kernel, so asking for
   weights never changes it.
 * A query row that may attend to nothing (all keys masked) gives 0 output, 0 weights
@@ -36,40 +37,18 @@ import contextlib
 import math
 from collections.abc import Iterator
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _weights
 from ._checks import check_dropout, check_mask_dtype, check_tensor
-from . import _triton_weights
-from ._fused_autograd import fused_attention, math_attention, needs_math
+from ._fused_autograd import math_attention, needs_math
+from ._masked import _causal_masked_sdpa, _fused, _zero_hidden_keys
+from ._weights import RowIndex, _head_mean, _row_index, attention_weights
 
-__all__ = ["attention_reference", "attention_weights", "fused_output", "scaled_dot_product_attention"]
+__all__ = ["RowIndex", "attention_reference", "attention_weights", "fused_output", "scaled_dot_product_attention"]
 
-# Blocks of the weights pass hold at most this many float32 scores, by device type: a CPU
-# block stays near its caches (8 MiB); on a GPU a call up to 128 MiB of scores is one block
-# (one launch per step). Other devices get the middle value.
-_BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
-_BLOCK_DEFAULT = 1 << 24
-# A GPU call with at least 2^27 scores (N = 4096 with 8 heads) runs in slices of at most
-# 1/32 of them: the block's float32 buffers (scores, softmax, head sum) then stay a small
-# fraction of the half-precision per-head weights torch materialises. Below that, fewer and
-# larger blocks: each block costs launches, and a GPU host is slow to issue them.
-_GPU_SLICED_FROM = 1 << 27
-_GPU_BLOCK_SLICES = 32
-# Above this many mask elements a causal+mask combination is built per query block.
-_MASK_ELEMENTS = 1 << 24
-# From this many scores on, causal + a tail key padding mask runs per length of valid keys.
-_LENGTHS_MIN_ELEMENTS = 1 << 16
-# Up to this many scores (by device type), need_weights computes the output from the weights
-# it returns: one more matmul on scores already in hand costs less than the fused kernel and
-# a second pass. On a GPU that holds up to one weights block (float32 fused kernels are slow).
-_SHARED_MAX_SCORES = {"cpu": 1 << 18, "cuda": 1 << 25}
-_SHARED_DEFAULT = 1 << 18
-_HALF = (torch.float16, torch.bfloat16)
 _fused_output_depth = 0  # > 0 inside fused_output()
-
-RowIndex = Tensor | slice | range | None
 
 
 # --------------------------------------------------------------------------------------
@@ -212,303 +191,15 @@ def fused_output() -> Iterator[None]:
 def _shares_output(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
     """Whether need_weights computes the output as weights @ value (small calls, unless the
     GPU kernels for averaged weights serve the call: the fused kernel plus those is faster)."""
-    if _fused_output_depth or _kernels_serve(query, key, mask, average, rows):
+    if _fused_output_depth or _weights._kernels_serve(query, key, mask, average, rows):
         return False
-    limit = _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
+    limit = _weights._SHARED_MAX_SCORES.get(query.device.type, _weights._SHARED_DEFAULT)
     return math.prod(query.shape[:-1]) * key.size(-2) <= limit
 
 
-def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
-    """Whether :mod:`attnzoo._triton_weights` computes these head-averaged weights: CUDA
-    with Triton installed, all rows, no gradient wanted, not inside torch.compile."""
-    return (
-        average and rows is None and query.dim() >= 3 and _triton_weights.available(query)
-        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, mask)))
-        and not torch.compiler.is_compiling()
-    )
-
-
-def _fused(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, causal: bool,
-    scale: float | None, offset: int = 0, guarded: bool = True,
-) -> Tensor:
-    """torch's fused kernel, made safe for rows that may attend to nothing.
-
-    ``offset`` is the position of the first query row, for a block of a causal sequence
-    (only the blocked path passes one, always with a mask).
-    """
-    if mask is None:
-        return fused_attention(q, k, v, None, p, causal, scale)
-    mask = _merge_causal(mask, causal, q.size(-2), k.size(-2), offset)
-    if not guarded:  # the caller promises no fully masked row
-        return fused_attention(q, k, v, mask, p, False, scale)
-    mask, empty = _open_empty_rows(mask)
-    out = fused_attention(q, k, v, mask, p, False, scale)
-    return out.masked_fill(empty, 0.0)  # (*, L, Ev); zero output, zero gradient
-
-
-def _causal_masked_sdpa(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, scale: float | None
-) -> Tensor:
-    """Causal + a mask, at about the cost of causal alone.
-
-    A key padding mask that hides only a tail of each sample's keys (shape (B, 1, .., 1, S))
-    shortens the keys instead: each group of samples with the same length runs the causal
-    kernel on its valid keys with no mask at all. Any other mask on a long sequence runs
-    in blocks of query rows, each seeing only the keys up to its last row.
-    """
-    L, S = q.size(-2), k.size(-2)
-    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()  # no host sync in a graph
-    lengths = _tail_lengths(mask, q) if L * S >= _LENGTHS_MIN_ELEMENTS and not tracing else None
-    if lengths is not None:
-        return _per_length_causal_sdpa(q, k, v, lengths, p, scale)
-    if L * S > _MASK_ELEMENTS:
-        return _blocked_causal_sdpa(q, k, v, mask, p, scale)
-    return _fused(q, k, v, mask, p, True, scale)
-
-
-def _tail_lengths(mask: Tensor, q: Tensor) -> list[int] | None:
-    """Per-sample numbers of valid keys if ``mask`` only hides a tail of keys, else None.
-
-    Only masks of shape (B or 1, 1, ..., 1, S) qualify: bool (True = may attend), or float
-    holding nothing but 0 and -inf. Costs one pass over the mask and one host sync.
-    """
-    if q.dim() < 3 or mask.dim() != q.dim() or mask.requires_grad or mask.size(-1) == 0 or any(n != 1 for n in mask.shape[1:-1]):
-        return None
-    allowed = mask.reshape(mask.size(0), mask.size(-1))  # (B or 1, S)
-    if allowed.dtype != torch.bool:
-        if not ((allowed == 0) | allowed.isneginf()).all():
-            return None
-        allowed = allowed == 0
-    lengths = allowed.sum(dim=-1)  # (B or 1,)
-    if not torch.equal(allowed, torch.arange(allowed.size(-1), device=mask.device) < lengths[:, None]):
-        return None  # valid keys are not a prefix (left padding, holes): positions would shift
-    lengths = lengths.tolist()
-    return lengths * q.size(0) if len(lengths) == 1 else lengths
-
-
-def _per_length_causal_sdpa(
-    q: Tensor, k: Tensor, v: Tensor, lengths: list[int], p: float, scale: float | None
-) -> Tensor:
-    """Causal attention where sample b sees only its first ``lengths[b]`` keys -> (B, *, L, Ev).
-
-    Top-left causal alignment is what makes this exact: query i sees keys 0..min(i, len-1).
-    Samples with no valid key get 0, like every fully masked row.
-    """
-    groups: dict[int, list[int]] = {}
-    for b, n in enumerate(lengths):
-        groups.setdefault(n, []).append(b)
-
-    def causal(q: Tensor, k: Tensor, v: Tensor, n: int) -> Tensor:  # (b, *, L, Ev)
-        if n == 0:  # nothing to attend to: 0, with zero gradients (and no NaN from the values)
-            out = F.scaled_dot_product_attention(q, k[..., :1, :], v[..., :1, :], scale=scale)
-            return out.masked_fill(torch.ones((), dtype=torch.bool, device=q.device), 0.0)
-        return F.scaled_dot_product_attention(q, k[..., :n, :], v[..., :n, :], dropout_p=p, is_causal=True, scale=scale)
-
-    if len(groups) == 1:  # one length for the whole batch: one call
-        return causal(q, k, v, next(iter(groups)))
-    parts, order = [], []
-    for n, samples in groups.items():
-        idx = torch.tensor(samples, device=q.device)
-        parts.append(causal(q.index_select(0, idx), k.index_select(0, idx), v.index_select(0, idx), n))
-        order += samples
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return torch.cat(parts, dim=0).index_select(0, inverse.to(q.device))  # back in sample order
-
-
-def _blocked_causal_sdpa(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, scale: float | None
-) -> Tensor:
-    """Causal + mask without an L×S mask: each query block sees only keys up to its end."""
-    L, S = q.size(-2), k.size(-2)
-    rows = max(1, _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT) // S)
-    outs = []
-    for r0 in range(0, L, rows):
-        r1 = min(L, r0 + rows)
-        s1 = min(S, r1)  # keys past the block's last row are causally invisible
-        m = mask[..., r0:r1, :s1] if mask.size(-2) > 1 else mask[..., :s1]
-        outs.append(_fused(q[..., r0:r1, :], k[..., :s1, :], v[..., :s1, :], m, p, True, scale, r0))
-    return torch.cat(outs, dim=-2)
-
-
-def attention_weights(
-    query: Tensor,
-    key: Tensor,
-    attn_mask: Tensor | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    *,
-    average_heads: bool = False,
-    rows: RowIndex = None,
-) -> Tensor:
-    """softmax(Q Kᵀ · scale + mask) for the chosen query rows, one block of rows at a time.
-
-    On CUDA with Triton installed, head-averaged weights of all rows without autograd come
-    from :mod:`attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
-
-    Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
-    ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
-    Blocks hold at most ``_BLOCK_ELEMENTS[device type]`` scores; a call that fits is one
-    block, with no loop. float16/bfloat16 inputs are computed in float32 (scores, softmax,
-    head sums), so the weights are finite wherever the float64 formula is; the result has
-    the query's dtype.
-    """
-    L, S = query.size(-2), key.size(-2)
-    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
-    if _kernels_serve(query, key, attn_mask, average_heads, rows):  # on a GPU: no per-head scores at all
-        try:
-            return _triton_weights.head_mean_weights(query, key, attn_mask, is_causal, scale)
-        except Exception as exc:  # a Triton or driver that cannot build them: the blocked path, for good
-            _triton_weights.disable(exc)
-    if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
-        math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
-    ):  # small and unmasked (how weights are usually looked at): three ops, no blocks
-        w = torch.softmax(torch.matmul(query * scale, key.transpose(-2, -1)), dim=-1)  # (*, L, S)
-        return _head_mean(w) if average_heads else w
-    index = None if rows is None else _row_index(rows, L, query.device)
-    acc = torch.float32 if query.dtype in _HALF else query.dtype  # the dtype of the arithmetic
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, attn_mask))
-    mask = attn_mask
-    if index is not None:  # the chosen rows, gathered once: (*, R, E) and (*, R or 1, S)
-        query = query.index_select(-2, index)
-        if mask is not None and mask.size(-2) > 1:
-            mask = mask.index_select(-2, index)
-    q = query.to(acc) * scale  # (*, R, E): scaled once, contiguous
-    kt = key.to(acc).contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
-    n_rows, batch = q.size(-2), q.shape[:-2]
-    heads = batch[-1] if average_heads else 1
-    budget = _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT)
-    total = math.prod(batch) * n_rows * S  # the call's scores
-    if total >= _GPU_SLICED_FROM and q.device.type != "cpu":  # long sequences: a 1/32 slice at a time
-        budget = min(budget, total // _GPU_BLOCK_SLICES)
-    block = max(1, budget // max(1, math.prod(batch) * S))
-    inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
-
-    def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, S) in acc
-        scores = torch.matmul(q[..., b0:b1, :], kt, out=out)  # (*, R_blk, S)
-        blocked = None  # True where a query may not attend
-        if mask is not None:
-            m = mask if mask.size(-2) == 1 else mask[..., b0:b1, :]
-            if m.dtype != torch.bool:
-                scores = scores.add_(m) if inplace else scores + m
-            blocked = ~m if m.dtype == torch.bool else m.isneginf()
-        if is_causal:
-            if index is None:  # query row b0+i sees keys 0..b0+i
-                future = torch.ones(b1 - b0, S, dtype=torch.bool, device=q.device).triu_(b0 + 1)
-            else:
-                future = torch.arange(S, device=q.device) > index[b0:b1, None]  # (R_blk, S)
-            blocked = future if blocked is None else blocked | future
-        if blocked is None:
-            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
-        if mask is None:  # causal alone: every row sees key 0, no row is empty
-            scores = scores.masked_fill_(blocked, -math.inf) if inplace else scores.masked_fill(blocked, -math.inf)
-            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
-        empty = blocked.all(dim=-1, keepdim=True)  # (..., R_blk, 1): rows that may attend to nothing
-        if inplace:
-            w = _softmax_(scores.masked_fill_(blocked, -math.inf).masked_fill_(empty, 0.0))
-            return w.masked_fill_(empty, 0.0)
-        w = torch.softmax(scores.masked_fill(blocked, -math.inf).masked_fill(empty, 0.0), dim=-1)
-        return w.masked_fill(empty, 0.0)  # zero weights, zero gradient
-
-    if n_rows <= block:  # one block: no loop, no buffers
-        w = weights(0, n_rows, None)
-        return (_head_mean(w) if average_heads else w).to(query.dtype)
-    if grad:
-        blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
-        if average_heads:
-            blocks = [w.sum(dim=-3) for w in blocks]  # head sums; divided once, at the end
-        out = torch.cat(blocks, dim=-2)
-        return (out / heads if average_heads else out).to(query.dtype)
-    # Without autograd every block reuses one scores buffer and goes straight into one
-    # preallocated result: no per-block allocations, no cat.
-    res_batch = batch[:-1] if average_heads else batch
-    res = q.new_empty(*res_batch, n_rows, S, dtype=query.dtype)
-    buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
-    for b0 in range(0, n_rows, block):
-        b1 = min(n_rows, b0 + block)
-        view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * S].view(*batch, b1 - b0, S)
-        w = weights(b0, b1, view)
-        res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
-    return res.div_(heads) if average_heads else res
-
-
 # --------------------------------------------------------------------------------------
-# Helpers.
+# Input checks.
 # --------------------------------------------------------------------------------------
-def _head_mean(w: Tensor) -> Tensor:
-    """``w.mean(dim=-3)``: (*, H, L, S) -> (*, L, S), as one small matmul when ``w`` is contiguous.
-
-    A vector of 1/H times the (H, L·S) heads is a third of ``mean``'s time on small CPU
-    calls (one kernel, no separate division), and one kernel on a GPU too.
-    """
-    if not w.is_contiguous() or w.dim() < 3:
-        return w.mean(dim=-3)
-    *batch, H, L, S = w.shape
-    avg = w.new_full((1, H), 1.0 / H)  # (1, H)
-    return torch.matmul(avg, w.view(*batch, H, L * S)).view(*batch, L, S)  # (*, 1, L·S) -> (*, L, S)
-
-
-def _softmax_(x: Tensor) -> Tensor:
-    """Softmax over the last dim, written over its input (inference only: autograd needs it).
-
-    torch's own CPU softmax kernel reads each row before writing it, so it may write over
-    its input; that is one pass instead of the four of an amax/sub/exp/div chain.
-    """
-    return torch.ops.aten._softmax.out(x, -1, False, out=x)
-
-
-def _merge_causal(mask: Tensor, causal: bool, L: int, S: int, offset: int) -> Tensor:
-    """Fold a causal triangle (query rows start at ``offset``) into ``mask``."""
-    if not causal:
-        return mask
-    rows = torch.arange(offset, offset + L, device=mask.device)[:, None]
-    later = torch.arange(S, device=mask.device) > rows  # (L, S) True = future key
-    if mask.dtype == torch.bool:
-        return mask & ~later
-    return mask.masked_fill(later, float("-inf"))
-
-
-def _open_empty_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Give rows that may attend to nothing a harmless mask; return where they were.
-
-    The fused kernel would turn such rows into NaN (or NaN gradients); the caller zeroes
-    them afterwards with the returned ``empty`` (shape ``(..., L, 1)``).
-    """
-    if mask.dtype == torch.bool:
-        empty = ~mask.any(dim=-1, keepdim=True)
-        return mask | empty, empty
-    empty = mask.isneginf().all(dim=-1, keepdim=True)
-    return mask.masked_fill(empty, 0.0), empty
-
-
-def _zero_hidden_keys(key: Tensor, value: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Zero the keys/values that no query may see (a padded key column).
-
-    Their weights are exactly 0, but the fused kernel still multiplies: 0 × NaN = NaN.
-    """
-    if mask.dtype == torch.bool:
-        hidden = ~mask.any(dim=-2)  # (..., S)
-    else:
-        hidden = mask.isneginf().all(dim=-2)  # (..., S)
-    hidden = hidden.unsqueeze(-1)  # (..., S, 1)
-    return key.masked_fill(hidden, 0.0), value.masked_fill(hidden, 0.0)
-
-
-def _row_index(rows: RowIndex, L: int, device: torch.device) -> Tensor:
-    if isinstance(rows, (slice, range)):
-        rows = range(L)[rows] if isinstance(rows, slice) else rows
-        return torch.arange(rows.start, rows.stop, rows.step, device=device)
-    if not isinstance(rows, Tensor) or rows.dtype not in (torch.int32, torch.int64):
-        raise TypeError(
-            f"weights_for must be a slice, range or integer index tensor, got {rows!r:.80}"
-        )
-    rows = rows.to(device=device, dtype=torch.long).reshape(-1)
-    if rows.numel() and (rows.min() < -L or rows.max() >= L):
-        raise ValueError(f"weights_for indexes query rows 0..{L - 1}, got {rows.tolist()!r:.80}")
-    return rows % L
-
-
 def _validate(
     query: object, key: object, value: object, attn_mask: object, dropout_p: object,
     enable_gqa: bool,

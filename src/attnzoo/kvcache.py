@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ._checks import check_positive_int, check_tensor
 from .attention import MultiHeadAttention
-from .functional import _zero_hidden_keys
+from ._masked import _zero_hidden_keys
 
 __all__ = ["KVCache", "MemoryKV", "DecodeState", "attend_cached", "attend_memory", "project_memory"]
 

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .attention import MultiHeadAttention
-from .functional import RowIndex, _row_index
+from ._weights import RowIndex, _row_index
 
 __all__ = ["AttentionMap", "AttentionRecorder"]
 

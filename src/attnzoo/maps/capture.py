@@ -40,7 +40,8 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode, _pop_
 from torch.utils.hooks import RemovableHandle
 
 from ..attention import MultiHeadAttention
-from ..functional import RowIndex, _row_index, attention_weights, fused_output
+from .._weights import RowIndex, _row_index, attention_weights
+from ..functional import fused_output
 
 __all__ = ["SDPACall", "ModuleStack", "SDPACapture", "sdpa_weights", "weights_numel", "patch_attend"]
 

@@ -1,0 +1,193 @@
+"""The attention weights, softmax(Q Kᵀ · scale + mask), computed without holding them all.
+
+Shapes: query (*, L, E), key (*, S, E) -> weights (*, R, S) for R chosen query rows (all
+L by default), or (*without the head dim, R, S) averaged over the heads (dim -3). Masks
+have the functional polarity (bool True = may attend; float added) and broadcast to
+(*, L, S); ``is_causal`` is top-left aligned. Rows with nothing to attend to are 0.
+
+The routes, by size and device:
+
+* small and unmasked: three ops (matmul, softmax, optional head mean);
+* CUDA with Triton, half precision, head-averaged, all rows, no autograd: the two kernels
+  of :mod:`attnzoo._triton_weights` (no per-head scores stored);
+* otherwise blocks of query rows sized from a per-device budget, heads summed per block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import _triton_weights
+
+__all__ = ["RowIndex", "attention_weights"]
+
+RowIndex = Tensor | slice | range | None
+
+# Blocks of the weights pass hold at most this many float32 scores, by device type: a CPU
+# block stays near its caches (8 MiB); on a GPU a call up to 128 MiB of scores is one block
+# (one launch per step). Other devices get the middle value.
+_BLOCK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
+_BLOCK_DEFAULT = 1 << 24
+# A GPU call with at least 2^27 scores (N = 4096 with 8 heads) runs in slices of at most
+# 1/32 of them: the block's float32 buffers (scores, softmax, head sum) then stay a small
+# fraction of the half-precision per-head weights torch materialises. Below that, fewer and
+# larger blocks: each block costs launches, and a GPU host is slow to issue them.
+_GPU_SLICED_FROM = 1 << 27
+_GPU_BLOCK_SLICES = 32
+# Up to this many scores (by device type), need_weights computes the output from the weights
+# it returns (attnzoo.functional.sdpa): one more matmul on scores already in hand costs less
+# than the fused kernel and a second pass. On a GPU that holds up to one weights block.
+# Unmasked calls this small also take the three-op route here.
+_SHARED_MAX_SCORES = {"cpu": 1 << 18, "cuda": 1 << 25}
+_SHARED_DEFAULT = 1 << 18
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def attention_weights(
+    query: Tensor,
+    key: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    average_heads: bool = False,
+    rows: RowIndex = None,
+) -> Tensor:
+    """softmax(Q Kᵀ · scale + mask) for the chosen query rows, one block of rows at a time.
+
+    On CUDA with Triton installed, head-averaged weights of all rows without autograd come
+    from :mod:`attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
+
+    Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
+    ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
+    Blocks hold at most ``_BLOCK_ELEMENTS[device type]`` scores; a call that fits is one
+    block, with no loop. float16/bfloat16 inputs are computed in float32 (scores, softmax,
+    head sums), so the weights are finite wherever the float64 formula is; the result has
+    the query's dtype.
+    """
+    L, S = query.size(-2), key.size(-2)
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    if _kernels_serve(query, key, attn_mask, average_heads, rows):  # on a GPU: no per-head scores at all
+        try:
+            return _triton_weights.head_mean_weights(query, key, attn_mask, is_causal, scale)
+        except Exception as exc:  # a Triton or driver that cannot build them: the blocked path, for good
+            _triton_weights.disable(exc)
+    if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
+        math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
+    ):  # small and unmasked (how weights are usually looked at): three ops, no blocks
+        w = torch.softmax(torch.matmul(query * scale, key.transpose(-2, -1)), dim=-1)  # (*, L, S)
+        return _head_mean(w) if average_heads else w
+    index = None if rows is None else _row_index(rows, L, query.device)
+    acc = torch.float32 if query.dtype in _HALF else query.dtype  # the dtype of the arithmetic
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, attn_mask))
+    mask = attn_mask
+    if index is not None:  # the chosen rows, gathered once: (*, R, E) and (*, R or 1, S)
+        query = query.index_select(-2, index)
+        if mask is not None and mask.size(-2) > 1:
+            mask = mask.index_select(-2, index)
+    q = query.to(acc) * scale  # (*, R, E): scaled once, contiguous
+    kt = key.to(acc).contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
+    n_rows, batch = q.size(-2), q.shape[:-2]
+    heads = batch[-1] if average_heads else 1
+    budget = _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT)
+    total = math.prod(batch) * n_rows * S  # the call's scores
+    if total >= _GPU_SLICED_FROM and q.device.type != "cpu":  # long sequences: a 1/32 slice at a time
+        budget = min(budget, total // _GPU_BLOCK_SLICES)
+    block = max(1, budget // max(1, math.prod(batch) * S))
+    inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
+
+    def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, S) in acc
+        scores = torch.matmul(q[..., b0:b1, :], kt, out=out)  # (*, R_blk, S)
+        blocked = None  # True where a query may not attend
+        if mask is not None:
+            m = mask if mask.size(-2) == 1 else mask[..., b0:b1, :]
+            if m.dtype != torch.bool:
+                scores = scores.add_(m) if inplace else scores + m
+            blocked = ~m if m.dtype == torch.bool else m.isneginf()
+        if is_causal:
+            if index is None:  # query row b0+i sees keys 0..b0+i
+                future = torch.ones(b1 - b0, S, dtype=torch.bool, device=q.device).triu_(b0 + 1)
+            else:
+                future = torch.arange(S, device=q.device) > index[b0:b1, None]  # (R_blk, S)
+            blocked = future if blocked is None else blocked | future
+        if blocked is None:
+            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
+        if mask is None:  # causal alone: every row sees key 0, no row is empty
+            scores = scores.masked_fill_(blocked, -math.inf) if inplace else scores.masked_fill(blocked, -math.inf)
+            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
+        empty = blocked.all(dim=-1, keepdim=True)  # (..., R_blk, 1): rows that may attend to nothing
+        if inplace:
+            w = _softmax_(scores.masked_fill_(blocked, -math.inf).masked_fill_(empty, 0.0))
+            return w.masked_fill_(empty, 0.0)
+        w = torch.softmax(scores.masked_fill(blocked, -math.inf).masked_fill(empty, 0.0), dim=-1)
+        return w.masked_fill(empty, 0.0)  # zero weights, zero gradient
+
+    if n_rows <= block:  # one block: no loop, no buffers
+        w = weights(0, n_rows, None)
+        return (_head_mean(w) if average_heads else w).to(query.dtype)
+    if grad:
+        blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
+        if average_heads:
+            blocks = [w.sum(dim=-3) for w in blocks]  # head sums; divided once, at the end
+        out = torch.cat(blocks, dim=-2)
+        return (out / heads if average_heads else out).to(query.dtype)
+    # Without autograd every block reuses one scores buffer and goes straight into one
+    # preallocated result: no per-block allocations, no cat.
+    res_batch = batch[:-1] if average_heads else batch
+    res = q.new_empty(*res_batch, n_rows, S, dtype=query.dtype)
+    buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
+    for b0 in range(0, n_rows, block):
+        b1 = min(n_rows, b0 + block)
+        view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * S].view(*batch, b1 - b0, S)
+        w = weights(b0, b1, view)
+        res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
+    return res.div_(heads) if average_heads else res
+
+
+def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
+    """Whether :mod:`attnzoo._triton_weights` computes these head-averaged weights: CUDA
+    with Triton installed, all rows, no gradient wanted, not inside torch.compile."""
+    return (
+        average and rows is None and query.dim() >= 3 and _triton_weights.available(query)
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, mask)))
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _head_mean(w: Tensor) -> Tensor:
+    """``w.mean(dim=-3)``: (*, H, L, S) -> (*, L, S), as one small matmul when ``w`` is contiguous.
+
+    A vector of 1/H times the (H, L·S) heads is a third of ``mean``'s time on small CPU
+    calls (one kernel, no separate division), and one kernel on a GPU too.
+    """
+    if not w.is_contiguous() or w.dim() < 3:
+        return w.mean(dim=-3)
+    *batch, H, L, S = w.shape
+    avg = w.new_full((1, H), 1.0 / H)  # (1, H)
+    return torch.matmul(avg, w.view(*batch, H, L * S)).view(*batch, L, S)  # (*, 1, L·S) -> (*, L, S)
+
+
+def _softmax_(x: Tensor) -> Tensor:
+    """Softmax over the last dim, written over its input (inference only: autograd needs it).
+
+    torch's own CPU softmax kernel reads each row before writing it, so it may write over
+    its input; that is one pass instead of the four of an amax/sub/exp/div chain.
+    """
+    return torch.ops.aten._softmax.out(x, -1, False, out=x)
+
+
+def _row_index(rows: RowIndex, L: int, device: torch.device) -> Tensor:
+    if isinstance(rows, (slice, range)):
+        rows = range(L)[rows] if isinstance(rows, slice) else rows
+        return torch.arange(rows.start, rows.stop, rows.step, device=device)
+    if not isinstance(rows, Tensor) or rows.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"weights_for must be a slice, range or integer index tensor, got {rows!r:.80}"
+        )
+    rows = rows.to(device=device, dtype=torch.long).reshape(-1)
+    if rows.numel() and (rows.min() < -L or rows.max() >= L):
+        raise ValueError(f"weights_for indexes query rows 0..{L - 1}, got {rows.tolist()!r:.80}")
+    return rows % L
