@@ -83,26 +83,28 @@ def head_mean_weights(q: Tensor, k: Tensor, mask: Tensor | None, causal: bool, s
         if mask.dtype == torch.bool:
             mask = mask.view(torch.uint8)
     m_args = (mask, *mask.stride()) if mask is not None else (q4, 0, 0, 0, 0)  # a dummy pointer
-    block_d = max(16, triton_next_pow2(D))
+    block_d = max(16, _next_pow2(D))
     flags = {"HAS_MASK": mask is not None, "MASK_BOOL": mask is not None and mask.dtype == torch.uint8,
-             "CAUSAL": causal, "IEEE": q.dtype == torch.float32 or q.dtype == torch.float64,
+             "CAUSAL": causal, "IEEE": q.dtype in (torch.float32, torch.float64),
              "BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "BLOCK_D": block_d}
     lse = torch.empty(Z, H, L, device=q.device, dtype=torch.float32)  # (Z, H, L)
-    lse_kernel[(Z * H, triton_cdiv(L, BLOCK_M))](
+    lse_kernel[(Z * H, _cdiv(L, BLOCK_M))](
         q4, *q4.stride(), k4, *k4.stride(), *m_args, lse, *lse.stride(), H, L, S, D, scale, **flags)
     out = torch.empty(Z, L, S, device=q.device, dtype=q.dtype)  # (Z, L, S)
     for z0 in range(0, Z, _MAX_GRID_Z):  # a grid's third dimension stops at 65535
         z1 = min(Z, z0 + _MAX_GRID_Z)
         m_part = m_args if mask is None else (mask[z0:z1], *m_args[1:])
-        mean_kernel[(triton_cdiv(S, BLOCK_N), triton_cdiv(L, BLOCK_M), z1 - z0)](
+        mean_kernel[(_cdiv(S, BLOCK_N), _cdiv(L, BLOCK_M), z1 - z0)](
             q4[z0:z1], *q4.stride(), k4[z0:z1], *k4.stride(), *m_part, lse[z0:z1], *lse.stride(),
             out[z0:z1], *out.stride(), H, L, S, D, scale, 1.0 / H, **flags)
     return out.view(*batch, L, S)
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b): the number of blocks of size b that cover a."""
     return -(-a // b)
 
 
-def triton_next_pow2(n: int) -> int:
+def _next_pow2(n: int) -> int:
+    """The smallest power of two >= n (a block dimension for tl.arange)."""
     return 1 << max(0, n - 1).bit_length()
