@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import forward_ad
 
-__all__ = ["fused_attention", "math_attention", "needs_math"]
+__all__ = ["fused_attention", "math_attention", "needs_math", "wants_grad"]
 
 
 def math_attention(
@@ -72,14 +72,17 @@ def needs_math(*tensors: Tensor | None) -> bool:
     )
 
 
+def wants_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records through these tensors here (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def fused_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float, causal: bool, scale: float | None
 ) -> Tensor:
     """``F.scaled_dot_product_attention``, twice differentiable where autograd is recording."""
-    inputs = (q, k, v, mask)
     if (
-        not torch.is_grad_enabled()
-        or not any(t is not None and t.requires_grad for t in inputs)
+        not wants_grad(q, k, v, mask)
         or torch.compiler.is_compiling()
         or torch.jit.is_tracing()
         or torch.fx._symbolic_trace.is_fx_symbolic_tracing()

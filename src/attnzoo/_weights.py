@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _triton_weights
+from ._fused_autograd import wants_grad
 
 __all__ = ["RowIndex", "attention_weights"]
 
@@ -82,7 +83,7 @@ def attention_weights(
         return _head_mean(w) if average_heads else w
     index = None if rows is None else _row_index(rows, L, query.device)
     acc = torch.float32 if query.dtype in _HALF else query.dtype  # the dtype of the arithmetic
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, attn_mask))
+    grad = wants_grad(query, key, attn_mask)
     mask = attn_mask
     if index is not None:  # the chosen rows, gathered once: (*, R, E) and (*, R or 1, S)
         query = query.index_select(-2, index)
@@ -152,7 +153,7 @@ def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: boo
     with Triton installed, all rows, no gradient wanted, not inside torch.compile."""
     return (
         average and rows is None and query.dim() >= 3 and _triton_weights.available(query)
-        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, mask)))
+        and not wants_grad(query, key, mask)
         and not torch.compiler.is_compiling()
     )
 

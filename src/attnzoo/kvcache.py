@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ._checks import check_positive_int, check_tensor
 from .attention import MultiHeadAttention
-from ._masked import _zero_hidden_keys
+from ._masked import _open_empty_rows, _zero_hidden_keys
 
 __all__ = ["KVCache", "MemoryKV", "DecodeState", "attend_cached", "attend_memory", "project_memory"]
 
@@ -105,8 +105,8 @@ def project_memory(attn: MultiHeadAttention, memory: Tensor, key_padding_mask: T
     if mask is None:
         return MemoryKV(k, v, None, clean=True)
     k, v = _zero_hidden_keys(k, v, mask)  # once here instead of in every step
-    allowed = mask if mask.dtype == torch.bool else ~mask.isneginf()
-    return MemoryKV(k, v, mask, clean=bool(allowed.any(dim=-1).all()))  # one host sync per sequence
+    empty = _open_empty_rows(mask)[1]  # samples with no key to attend to keep the guards
+    return MemoryKV(k, v, mask, clean=not bool(empty.any()))  # one host sync per sequence
 
 
 def attend_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache, pos: int | Tensor) -> Tensor:
