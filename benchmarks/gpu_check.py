@@ -15,6 +15,9 @@ weights rows in float32, everything else in bfloat16 (float32 with ``--device cp
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
 import subprocess
 import sys
 import time
@@ -162,37 +165,41 @@ def profile(c: Check, path: str) -> None:
     cases.append(("attnzoo sdpa B8 H8 N512", lambda: scaled_dot_product_attention(q, q, q)))
     cases.append(("torch sdpa B8 H8 N512", lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if c.device.type == "cuda" else [])
-    with open(path, "w") as f:
-        for name, fn in cases:
-            with torch.inference_mode():
+    f = io.StringIO()  # written atomically at the end
+    f.write(PROFILE_HEADER)
+    for name, fn in cases:
+        with torch.inference_mode():
+            for _ in range(20):
+                fn()
+            c.sync()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                fn()
+            c.sync()
+            wall = (time.perf_counter() - t0) / 50
+            with torch_profile(activities=activities) as prof:
                 for _ in range(20):
                     fn()
                 c.sync()
-                t0 = time.perf_counter()
-                for _ in range(50):
-                    fn()
-                c.sync()
-                wall = (time.perf_counter() - t0) / 50
-                with torch_profile(activities=activities) as prof:
-                    for _ in range(20):
-                        fn()
-                    c.sync()
-            avg = prof.key_averages()
-            syncs = sum(e.count for e in avg if "Synchronize" in e.key or "Memcpy" in e.key or "item" in e.key)
-            print(f"  profile {name}: {wall * 1e6:.0f} us/call, {syncs / 20:.1f} syncs/copies per call", flush=True)
-            f.write(f"=== {name}: {wall * 1e6:.1f} us/call\n")
-            f.write(avg.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60) + "\n")
-        if c.device.type == "cuda":  # one graphed decoding step: its kernels
-            torch.manual_seed(0)
-            m = Seq2SeqTransformer(64, 64, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
-                                   dim_feedforward=2048, max_len=40).to(c.device, c.half)
-            src = torch.randint(2, 63, (8, 32), device=c.device)
+        avg = prof.key_averages()
+        syncs = sum(e.count for e in avg if "Synchronize" in e.key or "Memcpy" in e.key or "item" in e.key)
+        print(f"  profile {name}: {wall * 1e6:.0f} us/call, {syncs / 20:.1f} syncs/copies per call", flush=True)
+        f.write(f"=== {name}: {wall * 1e6:.1f} us/call\n")
+        f.write(avg.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60) + "\n")
+    if c.device.type == "cuda":  # one graphed decoding step: its kernels
+        torch.manual_seed(0)
+        m = Seq2SeqTransformer(64, 64, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
+                               dim_feedforward=2048, max_len=40).to(c.device, c.half)
+        src = torch.randint(2, 63, (8, 32), device=c.device)
+        m.generate(src, 8, 1, 63)
+        with torch_profile(activities=activities) as prof:
             m.generate(src, 8, 1, 63)
-            with torch_profile(activities=activities) as prof:
-                m.generate(src, 8, 1, 63)
-                c.sync()
-            f.write("=== generate 8 tokens (graphed steps)\n")
-            f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=60))
+            c.sync()
+        f.write("=== generate 8 tokens (graphed steps)\n")
+        f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=60))
+    from attnzoo._io import atomic_write_text
+
+    atomic_write_text(path, f.getvalue())
 
 
 def rows(c: Check) -> list[Callable[[], Row]]:
@@ -210,6 +217,28 @@ def _fmt_s(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e3:.3g} ms"
 
 
+SCHEMA = "attnzoo-gpu-check/1"
+PROFILE_HEADER = "# benchmarks/gpu_check.py --profile\n"
+
+
+def _is_our_json(path: str) -> bool:
+    """An earlier --json file of this script (those before the schema field have its keys)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("schema") == SCHEMA or {"device", "torch", "tiny", "rows"} <= set(data))
+
+
+def _is_our_profile(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline() == PROFILE_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
@@ -221,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", action="store_true",
                    help="also time the weights rows without the Triton weights kernels")
     args = p.parse_args(argv)
+    for opt, path, ours in (("--json", args.json, _is_our_json), ("--profile", args.profile, _is_our_profile)):
+        if path and os.path.lexists(path) and not (os.path.isfile(path) and ours(path)):
+            print(f"gpu_check: error: {opt} {path} exists and was not written by gpu_check; "
+                  "choose a new file name (it would be replaced)", file=sys.stderr)
+            return 2
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: error: no CUDA device (use --device cpu --tiny for a smoke run)", file=sys.stderr)
@@ -270,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         from attnzoo._io import atomic_write_json
 
         command = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        atomic_write_json(args.json, {"device": name, "torch": torch.__version__, "tiny": args.tiny,
+        atomic_write_json(args.json, {"schema": SCHEMA, "device": name, "torch": torch.__version__, "tiny": args.tiny,
                                       "command": command.strip(),
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": out})
     rc = 1 if any("error" in r for r in out) else 0

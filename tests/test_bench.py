@@ -284,6 +284,14 @@ def test_gpu_check_script_runs_every_row_on_tiny_cpu_shapes(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n| ") == 6
     if not torch.cuda.is_available():
         assert gpu_check.main([]) == 2  # the default device is cuda: a clear refusal without one
+    theirs = tmp_path / "notes.txt"
+    theirs.write_text("someone's notes\n")
+    for opt in ("--json", "--profile"):  # a file gpu_check did not write is never replaced
+        assert gpu_check.main(["--device", "cpu", "--tiny", "--no-tests", opt, str(theirs)]) == 2
+        assert theirs.read_text() == "someone's notes\n"
+    assert "was not written by gpu_check" in capsys.readouterr().err
+    assert gpu_check._is_our_json(str(out))  # its own file may be rewritten, as may the committed runs
+    assert gpu_check._is_our_json(str(path.parents[1] / "docs" / "bench" / "gpu-check-h100.json"))
 
 
 @pytest.mark.parametrize("doc", ["docs/performance.md", "README.md"])
