@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -223,11 +222,9 @@ PROFILE_HEADER = "# benchmarks/gpu_check.py --profile\n"
 
 def _is_our_json(path: str) -> bool:
     """An earlier --json file of this script (those before the schema field have its keys)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return False
+    from attnzoo._io import read_json
+
+    data = read_json(path)
     return isinstance(data, dict) and (data.get("schema") == SCHEMA or {"device", "torch", "tiny", "rows"} <= set(data))
 
 

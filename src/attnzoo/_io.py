@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
 
 # mkstemp creates files readable only by the owner; give new files the usual
 # umask-derived mode instead (read once, at import, as os.umask has no getter).
@@ -107,3 +107,13 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool
     """
     text = json.dumps(obj, indent=2, sort_keys=sort_keys, allow_nan=False, ensure_ascii=False)
     return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON in ``path``, or None where it cannot be read or is not JSON (an ownership
+    check before replacing a file: a file that does not parse is someone else's)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None

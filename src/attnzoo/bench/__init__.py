@@ -13,7 +13,6 @@ GFLOP/s / matmul GFLOP/s for throughput); above 1 attnzoo wins. See docs/perform
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -170,11 +169,9 @@ def _json_target(path: str) -> str:
 
 
 def _is_bench_json(path: str) -> bool:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return False
+    from .._io import read_json
+
+    data = read_json(path)
     return isinstance(data, dict) and str(data.get("schema", "")).startswith("attnzoo-bench/")
 
 
