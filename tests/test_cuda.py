@@ -21,6 +21,26 @@ def test_functional_on_cuda_matches_formula():
     torch.testing.assert_close(w.cpu().double(), ref_w, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.float16, 5e-3)])
+def test_cuda_output_from_weights_in_blocks(monkeypatch, dtype, tol):
+    """need_weights without autograd: the output from the weights, a block of rows at a time."""
+    import attnzoo._weights as AW
+
+    monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {})
+    monkeypatch.setattr(AW, "_SHARED_DEFAULT", 0)
+    monkeypatch.setattr(AW, "_BLOCK_ELEMENTS", {"cuda": 2 * 4 * 33 * 5})  # five query rows a block
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 4, 33, 16, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 33, 33, generator=g) > 0.4
+    ref_out, ref_w = attention_reference(q.double(), k.double(), v.double(), mask, is_causal=True, need_weights=True)
+    with torch.no_grad():
+        out, w = scaled_dot_product_attention(*(t.cuda().to(dtype) for t in (q, k, v)), mask.cuda(),
+                                              is_causal=True, need_weights=True)
+    assert out.dtype == w.dtype == dtype
+    torch.testing.assert_close(out.cpu().double(), ref_out, atol=tol, rtol=tol)
+    torch.testing.assert_close(w.cpu().double(), ref_w, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("module", ["mha", "cbam", "se"])
 def test_modules_on_cuda_match_cpu(module):
     torch.manual_seed(0)
@@ -108,6 +128,7 @@ def test_cuda_head_mean_weights_kernels_match_the_formula(dtype, tol):
 
 def test_cuda_mha_weights_through_the_kernels_equal_the_blocked_path(monkeypatch):
     import attnzoo._weights as AW
+    import attnzoo.functional as AF
 
     from attnzoo import _triton_weights as TW
 
@@ -120,8 +141,10 @@ def test_cuda_mha_weights_through_the_kernels_equal_the_blocked_path(monkeypatch
     with torch.inference_mode():
         out, w = m(x, key_padding_mask=kpm, need_weights=True)
         monkeypatch.setattr(AW, "_kernels_serve", lambda *a: False)
-        monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {})
-        monkeypatch.setattr(AW, "_SHARED_DEFAULT", 0)
-        out2, w2 = m(x, key_padding_mask=kpm, need_weights=True)
+        with AF.fused_output():  # the output on the fused kernel, the weights from the blocked pass
+            out2, w2 = m(x, key_padding_mask=kpm, need_weights=True)
+        out3, w3 = m(x, key_padding_mask=kpm, need_weights=True)  # both from the blocked pass
     assert torch.equal(out, out2)
+    torch.testing.assert_close(out3, out, atol=2e-3, rtol=0)
+    assert torch.equal(w3, w2)
     torch.testing.assert_close(w, w2, atol=1e-3, rtol=0)

@@ -70,21 +70,41 @@ def test_small_weights_calls_take_the_output_from_the_weights(is_causal):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=is_causal))
 
 
-@pytest.mark.parametrize("shared_max", [None, 0])
-def test_float32_output_equals_plain_fused_kernel(monkeypatch, shared_max):
-    """Inside fused_output() (the recorder), or above the small-call size, asking for the
-    weights never changes the output: it is torch's fused kernel, bit for bit."""
+@pytest.mark.parametrize("route", ["fused_output", "autograd"])
+def test_float32_output_equals_plain_fused_kernel(monkeypatch, route):
+    """Inside fused_output() (the recorder), or above the small-call size with autograd,
+    asking for the weights never changes the output: it is torch's fused kernel, bit for bit."""
     q, k, v = qkv(dtype=torch.float32)
     _, w_small = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
-    if shared_max is None:
+    if route == "fused_output":
         with AF.fused_output():
             out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
         assert AF._fused_output_depth == 0  # left on exit
     else:
-        monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {"cpu": shared_max})
-        out, w = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=True)
+        monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {"cpu": 0})
+        out, w = scaled_dot_product_attention(q.requires_grad_(), k, v, is_causal=True, need_weights=True)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
     assert torch.equal(w, w_small)  # the same weights either way
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("average", [False, True])
+def test_blocked_output_from_weights(monkeypatch, grad, average):
+    """Above the small-call size without autograd, each block of weights gives its output
+    rows: out == weights @ v block by block, equal to the float64 formula, masks included."""
+    monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {"cpu": 0})
+    monkeypatch.setattr(AW, "_BLOCK_ELEMENTS", {"cpu": 2 * 3 * 2 * 7})  # blocks of two query rows
+    q, k, v = qkv(L=9)
+    allowed = torch.rand(2, 1, 9, 7, generator=torch.Generator().manual_seed(4)) > 0.4
+    allowed[1, 0, 3] = False  # a row with nothing to attend to
+    with torch.set_grad_enabled(grad):
+        out, w = scaled_dot_product_attention(q.requires_grad_(grad), k, v, allowed, is_causal=True,
+                                              need_weights=True) if not average else AF.sdpa(
+            q.requires_grad_(grad), k, v, allowed, is_causal=True, need_weights=True, average_heads=True)
+    ref_out, ref_w = attention_reference(q.detach(), k, v, allowed, is_causal=True, need_weights=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(w, ref_w.mean(-3) if average else ref_w, atol=1e-12, rtol=0)
+    assert out[1, :, 3].abs().max() == 0 and out.requires_grad == grad
 
 
 @pytest.mark.parametrize("mask_dtype", [torch.bool, D])

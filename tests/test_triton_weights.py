@@ -19,6 +19,7 @@ pytest.importorskip("triton")
 SCRIPT = textwrap.dedent(r'''
     import math, torch
     import attnzoo._weights as AW
+    import attnzoo.functional as AF
     from attnzoo import _triton_weights as TW
     from attnzoo.functional import attention_reference, scaled_dot_product_attention
 
@@ -65,8 +66,8 @@ SCRIPT = textwrap.dedent(r'''
     with torch.inference_mode():
         out, w = mha(x, key_padding_mask=kpm, is_causal=True, need_weights=True)
         AW._kernels_serve = lambda *a: False
-        AW._SHARED_MAX_SCORES, AW._SHARED_DEFAULT = {}, 0  # the fused output as above; blocked weights
-        out2, w2 = mha(x, key_padding_mask=kpm, is_causal=True, need_weights=True)
+        with AF.fused_output():  # the fused output as above; blocked weights
+            out2, w2 = mha(x, key_padding_mask=kpm, is_causal=True, need_weights=True)
     assert torch.equal(out, out2)  # served by the kernels, the output stays on the fused kernel
     torch.testing.assert_close(w, w2, atol=1e-6, rtol=1e-6)
     print("ok")

@@ -11,6 +11,9 @@ The routes, by size and device:
 * CUDA with Triton, half precision, head-averaged, all rows, no autograd: the two kernels
   of :mod:`attnzoo._triton_weights` (no per-head scores stored);
 * otherwise blocks of query rows sized from a per-device budget, heads summed per block.
+
+:func:`weights_and_output` also returns ``weights @ value`` (*, L, Ev) from the same
+blocks: the output of attention with a single score pass.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import Tensor
 from . import _triton_weights
 from ._fused_autograd import wants_grad
 
-__all__ = ["RowIndex", "attention_weights"]
+__all__ = ["RowIndex", "attention_weights", "weights_and_output"]
 
 RowIndex = Tensor | slice | range | None
 
@@ -39,9 +42,9 @@ _BLOCK_DEFAULT = 1 << 24
 _GPU_SLICED_FROM = 1 << 27
 _GPU_BLOCK_SLICES = 32
 # Up to this many scores (by device type), need_weights computes the output from the weights
-# it returns (attnzoo.functional.sdpa): one more matmul on scores already in hand costs less
-# than the fused kernel and a second pass. On a GPU that holds up to one weights block.
-# Unmasked calls this small also take the three-op route here.
+# it returns (attnzoo.functional.sdpa) even with autograd: one more matmul on scores already
+# in hand costs less than the fused kernel and a second pass. (Without autograd it does so
+# at any size, block by block.) Unmasked calls this small also take the few-op route here.
 _SHARED_MAX_SCORES = {"cpu": 1 << 18, "cuda": 1 << 25}
 _SHARED_DEFAULT = 1 << 18
 _HALF = (torch.float16, torch.bfloat16)
@@ -69,21 +72,51 @@ def attention_weights(
     head sums), so the weights are finite wherever the float64 formula is; the result has
     the query's dtype.
     """
-    L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     if _kernels_serve(query, key, attn_mask, average_heads, rows):  # on a GPU: no per-head scores at all
         try:
             return _triton_weights.head_mean_weights(query, key, attn_mask, is_causal, scale)
         except Exception as exc:  # a Triton or driver that cannot build them: the blocked path, for good
             _triton_weights.disable(exc)
+    return _weights_pass(query, key, None, attn_mask, is_causal, scale, average_heads, rows)[1]
+
+
+def weights_and_output(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    *,
+    average_heads: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``(weights @ value, weights)`` in one pass: each block of per-head weights gives its
+    rows of the output and of the (head-averaged) weights, so the scores are computed once.
+
+    This is torch's own weights path (the output from the weights) made blockwise: no
+    second score pass in a fused kernel, and no more than one block of per-head weights
+    in memory unless they are returned. ``value`` (*, S, Ev) -> output (*, L, Ev).
+    """
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
+    out, weights = _weights_pass(query, key, value, attn_mask, is_causal, scale, average_heads, None)
+    assert out is not None
+    return out, weights
+
+
+def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: Tensor | None, is_causal: bool,
+                  scale: float, average_heads: bool, rows: RowIndex) -> tuple[Tensor | None, Tensor]:
+    """The blocked pass behind both functions above: ``(output or None, weights)``."""
+    L, S = query.size(-2), key.size(-2)
     if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
         math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
-    ):  # small and unmasked (how weights are usually looked at): three ops, no blocks
+    ):  # small and unmasked (how weights are usually looked at): a few ops, no blocks
         w = torch.softmax(torch.matmul(query * scale, key.transpose(-2, -1)), dim=-1)  # (*, L, S)
-        return _head_mean(w) if average_heads else w
+        out = None if value is None else torch.matmul(w, value)  # (*, L, Ev)
+        return out, (_head_mean(w) if average_heads else w)
     index = None if rows is None else _row_index(rows, L, query.device)
     acc = torch.float32 if query.dtype in _HALF else query.dtype  # the dtype of the arithmetic
-    grad = wants_grad(query, key, attn_mask)
+    grad = wants_grad(query, key, value, attn_mask)
     mask = attn_mask
     if index is not None:  # the chosen rows, gathered once: (*, R, E) and (*, R or 1, S)
         query = query.index_select(-2, index)
@@ -91,6 +124,7 @@ def attention_weights(
             mask = mask.index_select(-2, index)
     q = query.to(acc) * scale  # (*, R, E): scaled once, contiguous
     kt = key.to(acc).contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
+    v = None if value is None else value.to(acc)  # (*, S, Ev)
     n_rows, batch = q.size(-2), q.shape[:-2]
     heads = batch[-1] if average_heads else 1
     budget = _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT)
@@ -126,26 +160,33 @@ def attention_weights(
         w = torch.softmax(scores.masked_fill(blocked, -math.inf).masked_fill(empty, 0.0), dim=-1)
         return w.masked_fill(empty, 0.0)  # zero weights, zero gradient
 
+    def output(w: Tensor) -> Tensor | None:  # (*, R_blk, Ev) in value's dtype
+        return None if v is None else torch.matmul(w, v).to(value.dtype)
+
     if n_rows <= block:  # one block: no loop, no buffers
         w = weights(0, n_rows, None)
-        return (_head_mean(w) if average_heads else w).to(query.dtype)
+        return output(w), (_head_mean(w) if average_heads else w).to(query.dtype)
     if grad:
         blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
+        out = None if v is None else torch.cat([output(w) for w in blocks], dim=-2)
         if average_heads:
             blocks = [w.sum(dim=-3) for w in blocks]  # head sums; divided once, at the end
-        out = torch.cat(blocks, dim=-2)
-        return (out / heads if average_heads else out).to(query.dtype)
+        res = torch.cat(blocks, dim=-2)
+        return out, (res / heads if average_heads else res).to(query.dtype)
     # Without autograd every block reuses one scores buffer and goes straight into one
     # preallocated result: no per-block allocations, no cat.
     res_batch = batch[:-1] if average_heads else batch
     res = q.new_empty(*res_batch, n_rows, S, dtype=query.dtype)
+    out = None if v is None else v.new_empty(*batch, n_rows, v.size(-1), dtype=value.dtype)
     buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
     for b0 in range(0, n_rows, block):
         b1 = min(n_rows, b0 + block)
         view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * S].view(*batch, b1 - b0, S)
         w = weights(b0, b1, view)
+        if out is not None:
+            out[..., b0:b1, :] = torch.matmul(w, v)
         res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
-    return res.div_(heads) if average_heads else res
+    return out, (res.div_(heads) if average_heads else res)
 
 
 def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:

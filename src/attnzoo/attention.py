@@ -50,8 +50,9 @@ class MultiHeadAttention(nn.Module):
     keys and values get ``num_kv_heads`` heads, each shared by a group of query heads.
     Parameter names equal ``nn.MultiheadAttention``'s (``in_proj_weight`` or
     ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``), so state dicts load both ways.
-    The output always comes from torch's fused attention kernel (unless dropout is active
-    and weights are requested); asking for weights adds a separate, lean computation.
+    Without ``need_weights`` the output comes from torch's fused attention kernel; with it,
+    usually from the weights, a block of query rows at a time (see
+    :mod:`attnzoo.functional` for when each route is taken).
     """
 
     def __init__(

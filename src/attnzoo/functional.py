@@ -13,13 +13,15 @@ unlike torch, may be combined with ``attn_mask``.
 
 Beyond torch:
 
-* ``need_weights=True`` returns ``(out, weights)``. For small calls (see
-  ``attnzoo._weights._SHARED_MAX_SCORES``) the output is ``weights @ value``, as in
-  torch's own weights path; above, the output still comes from torch's fused kernel and
-  the weights are computed separately (:mod:`attnzoo._weights`: blocks of query rows, or
-  Triton kernels on a GPU). Inside :func:`fused_output`
-  (the recorder uses it) the output always comes from the fused kernel, so asking for
-  weights never changes it.
+* ``need_weights=True`` returns ``(out, weights)``. As in torch's own weights path, the
+  output is ``weights @ value``, but computed a block of query rows at a time
+  (:mod:`attnzoo._weights`), so the per-head weights are never all in memory. The output
+  stays on torch's fused kernel, and the weights come from a separate pass, where that is
+  cheaper or leaner: with autograd above the small-call size (see
+  ``attnzoo._weights._SHARED_MAX_SCORES``; the blocks would all be kept for the
+  backward), for ``weights_for`` rows, and for head-averaged half-precision weights on a
+  GPU (Triton kernels). Inside :func:`fused_output` (the recorder uses it) the output
+  always comes from the fused kernel, so asking for weights never changes it.
 * A query row that may attend to nothing (all keys masked) gives 0 output, 0 weights
   and finite gradients, on every path, instead of NaN.
 * NaN/Inf stored at keys/values that no query may see (padding) never reaches the
@@ -42,7 +44,7 @@ from torch import Tensor
 
 from . import _weights
 from ._checks import check_dropout, check_mask_dtype, check_tensor
-from ._fused_autograd import math_attention, needs_math
+from ._fused_autograd import math_attention, needs_math, wants_grad
 from ._masked import _causal_masked_sdpa, _fused, _zero_hidden_keys
 from ._weights import RowIndex, _head_mean, _row_index, attention_weights
 
@@ -141,26 +143,18 @@ def sdpa(
 
     if needs_math(query, key, value, attn_mask):  # empty sizes, torch.func, forward AD
         out, weights = math_attention(query, key, value, attn_mask, dropout_p, is_causal, scale)
-        if not need_weights:
-            return out
-        if average_heads:
-            weights = weights.mean(dim=-3)  # (*, L, S) without the head dim
-        if weights_for is not None:
-            weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
-        return out, weights
+        return (out, _select(weights, average_heads, weights_for, query)) if need_weights else out
 
-    if need_weights and (dropout_p > 0.0 or _shares_output(query, key, attn_mask, average_heads, weights_for)):
-        # The output from the returned weights, as in torch's weights path: dropout acts on
-        # the weights themselves, and at small sizes this is the cheaper route.
-        weights = attention_weights(query, key, attn_mask, is_causal, scale)  # (*, L, S)
-        if dropout_p > 0.0:
-            weights = F.dropout(weights, p=dropout_p)
+    if need_weights and dropout_p > 0.0:  # dropout acts on the returned weights, as in torch
+        weights = F.dropout(attention_weights(query, key, attn_mask, is_causal, scale), p=dropout_p)  # (*, L, S)
         out = weights @ value  # (*, L, Ev)
-        if average_heads:
-            weights = _head_mean(weights)  # (*, L, S) without the head dim
-        if weights_for is not None:
-            weights = weights[..., _row_index(weights_for, query.size(-2), query.device), :]
-        return out, weights
+        return out, _select(weights, average_heads, weights_for, query)
+    if need_weights and _output_from_weights(query, key, value, attn_mask, average_heads, weights_for):
+        # torch's weights path, blockwise: each block of weights gives its output rows too
+        out, weights = _weights.weights_and_output(
+            query, key, value, attn_mask, is_causal, scale, average_heads=average_heads and weights_for is None
+        )
+        return out, _select(weights, average_heads and weights_for is not None, weights_for, query)
 
     if attn_mask is not None and is_causal:
         out = _causal_masked_sdpa(query, key, value, attn_mask, dropout_p, scale)
@@ -188,13 +182,31 @@ def fused_output() -> Iterator[None]:
         _fused_output_depth -= 1
 
 
-def _shares_output(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
-    """Whether need_weights computes the output as weights @ value (small calls, unless the
-    GPU kernels for averaged weights serve the call: the fused kernel plus those is faster)."""
+def _output_from_weights(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, average: bool,
+                         rows: RowIndex) -> bool:
+    """Whether need_weights computes the output from the weights it returns (one score pass)
+    instead of torch's fused kernel plus a separate weights pass.
+
+    Not inside :func:`fused_output`, nor where the GPU kernels for averaged weights serve
+    the call (the fused kernel plus those is faster). Otherwise: small calls always; larger
+    ones when no gradient is wanted and all rows are asked for (with autograd the blocks'
+    per-head weights would all be kept for the backward).
+    """
     if _fused_output_depth or _weights._kernels_serve(query, key, mask, average, rows):
         return False
     limit = _weights._SHARED_MAX_SCORES.get(query.device.type, _weights._SHARED_DEFAULT)
-    return math.prod(query.shape[:-1]) * key.size(-2) <= limit
+    if math.prod(query.shape[:-1]) * key.size(-2) <= limit:
+        return True
+    return rows is None and not wants_grad(query, key, value, mask)
+
+
+def _select(weights: Tensor, average: bool, rows: RowIndex, query: Tensor) -> Tensor:
+    """Per-head weights (*, L, S) -> the head mean and the chosen rows, as asked."""
+    if average:
+        weights = _head_mean(weights)  # (*, L, S) without the head dim
+    if rows is not None:
+        weights = weights[..., _row_index(rows, query.size(-2), query.device), :]
+    return weights
 
 
 # --------------------------------------------------------------------------------------
