@@ -308,7 +308,7 @@ def test_docs_tables_are_rendered_from_committed_results(doc):
 
 
 def test_markdown_table_renders_rows_errors_and_group_filter():
-    from attnzoo.bench._docs import markdown_table, render_blocks
+    from attnzoo.bench._docs import markdown_table
 
     report = {"rows": [Row("masked", "m", "N=8", attnzoo=0.002, reference=0.004).to_json(),
                        Row("decode", "d", "", error="boom").to_json()],
