@@ -200,16 +200,17 @@ def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: boo
 
 
 def _head_mean(w: Tensor) -> Tensor:
-    """``w.mean(dim=-3)``: (*, H, L, S) -> (*, L, S), as one small matmul when ``w`` is contiguous.
+    """``w.mean(dim=-3)``: (*, H, L, S) -> (*, L, S), as one small bmm when ``w`` is contiguous.
 
     A vector of 1/H times the (H, L·S) heads is a third of ``mean``'s time on small CPU
     calls (one kernel, no separate division), and one kernel on a GPU too.
     """
-    if not w.is_contiguous() or w.dim() < 3:
+    if not w.is_contiguous() or w.dim() < 4:
         return w.mean(dim=-3)
     *batch, H, L, S = w.shape
-    avg = w.new_full((1, H), 1.0 / H)  # (1, H)
-    return torch.matmul(avg, w.view(*batch, H, L * S)).view(*batch, L, S)  # (*, 1, L·S) -> (*, L, S)
+    n = math.prod(batch)
+    avg = w.new_full((1, 1, H), 1.0 / H).expand(n, 1, H)  # (n, 1, H)
+    return torch.bmm(avg, w.view(n, H, L * S)).view(*batch, L, S)  # (n, 1, L·S) -> (*, L, S)
 
 
 def _softmax_(x: Tensor) -> Tensor:
