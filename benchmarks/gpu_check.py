@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the rows and the device to FILE")
     p.add_argument("--profile", metavar="FILE", help="also write torch.profiler tables of small calls to FILE")
     p.add_argument("--variants", action="store_true",
-                   help="also time the weights rows without the Triton weights kernels")
+                   help="also time the weights rows without the Triton weights kernels, and the float32 "
+                        "ones with the output on the fused kernel (the route before the one-pass output)")
     args = p.parse_args(argv)
     for opt, path, ours in (("--json", args.json, _is_our_json), ("--profile", args.profile, _is_our_profile)):
         if path and os.path.lexists(path) and not (os.path.isfile(path) and ours(path)):
@@ -292,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{_fmt_s(row['reference_s'])}, ratio {row['ratio']:.2f}", flush=True)
         finally:
             AW._kernels_serve = saved
+        from attnzoo.functional import fused_output
+
+        for B, N, E, H in ((8, 512, 512, 8), (2, 2048, 512, 8)):  # the route before the one-pass output
+            with fused_output():
+                row = weights_row(c, B, N, E, H, torch.float32)
+            print(f"  output on the fused kernel, weights in a second pass: {row['shape']} {row['dtype']}: "
+                  f"{_fmt_s(row['attnzoo_s'])} vs {_fmt_s(row['reference_s'])}, ratio {row['ratio']:.2f}", flush=True)
     if args.profile:
         try:
             profile(c, args.profile)
