@@ -89,21 +89,25 @@ def test_float32_output_equals_plain_fused_kernel(monkeypatch, route):
 
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("average", [False, True])
-def test_blocked_output_from_weights(monkeypatch, grad, average):
+@pytest.mark.parametrize("dtype,tol", [(D, 1e-12), (torch.bfloat16, 2e-2)])
+def test_blocked_output_from_weights(monkeypatch, grad, average, dtype, tol):
     """Above the small-call size without autograd, each block of weights gives its output
-    rows: out == weights @ v block by block, equal to the float64 formula, masks included."""
+    rows: out == weights @ v block by block, equal to the float64 formula, masks included
+    (bfloat16: float32 arithmetic, rounded once)."""
     monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {"cpu": 0})
     monkeypatch.setattr(AW, "_BLOCK_ELEMENTS", {"cpu": 2 * 3 * 2 * 7})  # blocks of two query rows
-    q, k, v = qkv(L=9)
+    q, k, v = (t.to(dtype) for t in qkv(L=9))
     allowed = torch.rand(2, 1, 9, 7, generator=torch.Generator().manual_seed(4)) > 0.4
     allowed[1, 0, 3] = False  # a row with nothing to attend to
     with torch.set_grad_enabled(grad):
         out, w = scaled_dot_product_attention(q.requires_grad_(grad), k, v, allowed, is_causal=True,
                                               need_weights=True) if not average else AF.sdpa(
             q.requires_grad_(grad), k, v, allowed, is_causal=True, need_weights=True, average_heads=True)
-    ref_out, ref_w = attention_reference(q.detach(), k, v, allowed, is_causal=True, need_weights=True)
-    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
-    torch.testing.assert_close(w, ref_w.mean(-3) if average else ref_w, atol=1e-12, rtol=0)
+    ref_out, ref_w = attention_reference(*(t.detach().double() for t in (q, k, v)), allowed, is_causal=True,
+                                         need_weights=True)
+    assert out.dtype == w.dtype == dtype
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=0)
+    torch.testing.assert_close(w.double(), ref_w.mean(-3) if average else ref_w, atol=tol, rtol=0)
     assert out[1, :, 3].abs().max() == 0 and out.requires_grad == grad
 
 

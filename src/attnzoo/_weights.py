@@ -124,7 +124,7 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
             mask = mask.index_select(-2, index)
     q = query.to(acc) * scale  # (*, R, E): scaled once, contiguous
     kt = key.to(acc).contiguous().transpose(-2, -1)  # (*, E, S): made contiguous once, not per block
-    v = None if value is None else value.to(acc)  # (*, S, Ev)
+    v = None if value is None else value.to(acc).contiguous()  # (*, S, Ev): made contiguous once, not per block
     n_rows, batch = q.size(-2), q.shape[:-2]
     heads = batch[-1] if average_heads else 1
     budget = _BLOCK_ELEMENTS.get(q.device.type, _BLOCK_DEFAULT)
@@ -177,7 +177,7 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
     # preallocated result: no per-block allocations, no cat.
     res_batch = batch[:-1] if average_heads else batch
     res = q.new_empty(*res_batch, n_rows, S, dtype=query.dtype)
-    out = None if v is None else v.new_empty(*batch, n_rows, v.size(-1), dtype=value.dtype)
+    out = None if v is None else _output_buffer(v, batch, n_rows, value.dtype)
     buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
     for b0 in range(0, n_rows, block):
         b1 = min(n_rows, b0 + block)
@@ -185,8 +185,19 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
         w = weights(b0, b1, view)
         if out is not None:
             out[..., b0:b1, :] = torch.matmul(w, v)
-        res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
+        if average_heads and w.dtype == res.dtype:
+            torch.sum(w, dim=-3, out=res[..., b0:b1, :])  # straight into the result, no temporary
+        else:
+            res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
     return out, (res.div_(heads) if average_heads else res)
+
+
+def _output_buffer(v: Tensor, batch: tuple[int, ...], rows: int, dtype: torch.dtype) -> Tensor:
+    """An empty output (*batch, rows, Ev) = (..., H, R, Ev), laid out as (..., R, H, Ev) like
+    the output of torch's fused kernels: merging the heads, (B, R, H·Ev), is then a view."""
+    if not batch:
+        return v.new_empty(rows, v.size(-1), dtype=dtype)
+    return v.new_empty(*batch[:-1], rows, batch[-1], v.size(-1), dtype=dtype).transpose(-2, -3)
 
 
 def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
