@@ -108,9 +108,8 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
                   scale: float, average_heads: bool, rows: RowIndex) -> tuple[Tensor | None, Tensor]:
     """The blocked pass behind both functions above: ``(output or None, weights)``."""
     L, S = query.size(-2), key.size(-2)
-    if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and (
-        math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
-    ):  # small and unmasked (how weights are usually looked at): a few ops, no blocks
+    if attn_mask is None and not is_causal and rows is None and query.dtype not in _HALF and _small(query, S):
+        # small and unmasked (how weights are usually looked at): a few ops, no blocks
         w = torch.softmax(torch.matmul(query * scale, key.transpose(-2, -1)), dim=-1)  # (*, L, S)
         out = None if value is None else torch.matmul(w, value)  # (*, L, Ev)
         return out, (_head_mean(w) if average_heads else w)
@@ -190,6 +189,12 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
         else:
             res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
     return out, (res.div_(heads) if average_heads else res)
+
+
+def _small(query: Tensor, S: int) -> bool:
+    """Whether a call of ``query`` (*, L, E) over ``S`` keys is small: at most
+    ``_SHARED_MAX_SCORES`` scores for its device type."""
+    return math.prod(query.shape[:-1]) * S <= _SHARED_MAX_SCORES.get(query.device.type, _SHARED_DEFAULT)
 
 
 def _output_buffer(v: Tensor, batch: tuple[int, ...], rows: int, dtype: torch.dtype) -> Tensor:

@@ -36,7 +36,6 @@ right-aligned: ``q (4, 3, 8)`` with ``k, v (4, 4, 6, 8)`` gives ``(4, 4, 3, 8)``
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch.nn.functional as F
@@ -194,10 +193,7 @@ def _output_from_weights(query: Tensor, key: Tensor, value: Tensor, mask: Tensor
     """
     if _fused_output_depth or _weights._kernels_serve(query, key, mask, average, rows):
         return False
-    limit = _weights._SHARED_MAX_SCORES.get(query.device.type, _weights._SHARED_DEFAULT)
-    if math.prod(query.shape[:-1]) * key.size(-2) <= limit:
-        return True
-    return rows is None and not wants_grad(query, key, value, mask)
+    return _weights._small(query, key.size(-2)) or (rows is None and not wants_grad(query, key, value, mask))
 
 
 def _select(weights: Tensor, average: bool, rows: RowIndex, query: Tensor) -> Tensor:
