@@ -212,6 +212,30 @@ def rows(c: Check) -> list[Callable[[], Row]]:
     ]
 
 
+def variants(c: Check) -> None:
+    """The weights rows on the routes the current ones replaced, printed as one line each:
+    without the Triton kernels, and (float32) with the output on the fused kernel."""
+    import attnzoo._weights as AW
+    from attnzoo.functional import fused_output
+
+    def show(label: str, row: Row) -> None:
+        print(f"  {label}: {row['shape']} {row['dtype']}: {_fmt_s(row['attnzoo_s'])} vs "
+              f"{_fmt_s(row['reference_s'])}, ratio {row['ratio']:.2f}", flush=True)
+
+    saved = AW._kernels_serve
+    AW._kernels_serve = lambda *a: False
+    try:
+        for B, N, E, H, dtype in ((8, 512, 512, 8, torch.float32), (2, 2048, 512, 8, torch.float32),
+                                  (1, 8192, 1024, 16, c.half)):
+            show("without the kernels", weights_row(c, B, N, E, H, dtype))
+    finally:
+        AW._kernels_serve = saved
+    for B, N, E, H in ((8, 512, 512, 8), (2, 2048, 512, 8)):  # the route before the one-pass output
+        with fused_output():
+            row = weights_row(c, B, N, E, H, torch.float32)
+        show("output on the fused kernel, weights in a second pass", row)
+
+
 def _fmt_s(s: float | None) -> str:
     return "-" if s is None else f"{s * 1e3:.3g} ms"
 
@@ -280,26 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['path']} | {row['shape']} | {row['dtype']} | {_fmt_s(row['attnzoo_s'])} | "
               f"{_fmt_s(row['reference_s'])} ({row['reference']}) | {row['ratio']:.2f} |{mem}{extra}", flush=True)
     print(f"table: {time.perf_counter() - start:.0f} s")
-    if args.variants:  # the weights rows without the Triton kernels: the routes they replace
-        import attnzoo._weights as AW
-
-        saved = AW._kernels_serve
-        AW._kernels_serve = lambda *a: False
-        try:
-            for B, N, E, H, dtype in ((8, 512, 512, 8, torch.float32), (2, 2048, 512, 8, torch.float32),
-                                      (1, 8192, 1024, 16, c.half)):
-                row = weights_row(c, B, N, E, H, dtype)
-                print(f"  without the kernels: {row['shape']} {row['dtype']}: {_fmt_s(row['attnzoo_s'])} vs "
-                      f"{_fmt_s(row['reference_s'])}, ratio {row['ratio']:.2f}", flush=True)
-        finally:
-            AW._kernels_serve = saved
-        from attnzoo.functional import fused_output
-
-        for B, N, E, H in ((8, 512, 512, 8), (2, 2048, 512, 8)):  # the route before the one-pass output
-            with fused_output():
-                row = weights_row(c, B, N, E, H, torch.float32)
-            print(f"  output on the fused kernel, weights in a second pass: {row['shape']} {row['dtype']}: "
-                  f"{_fmt_s(row['attnzoo_s'])} vs {_fmt_s(row['reference_s'])}, ratio {row['ratio']:.2f}", flush=True)
+    if args.variants:
+        variants(c)
     if args.profile:
         try:
             profile(c, args.profile)
