@@ -8,11 +8,11 @@
 from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
 from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
-from .channel import ChannelAttention, SqueezeExcite
+from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
 from .record import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
-from .spatial import CBAM, SpatialAttention
+from .gates.spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
 from .retrofit import add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer

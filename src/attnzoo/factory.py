@@ -15,8 +15,8 @@ from typing import Callable
 from torch import nn
 
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
-from .channel import ChannelAttention, SqueezeExcite
-from .spatial import CBAM, SpatialAttention
+from .gates.channel import ChannelAttention, SqueezeExcite
+from .gates.spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
 
 __all__ = ["create_attention", "available_attention"]

@@ -56,9 +56,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from .channel import ChannelAttention, SqueezeExcite
+from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import create_attention
-from .spatial import CBAM, SpatialAttention
+from .gates.spatial import CBAM, SpatialAttention
 
 __all__ = ["add_attention", "find_attention", "ScaledSigmoid"]
 
