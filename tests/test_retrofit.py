@@ -246,7 +246,8 @@ def test_unsupported_and_bad_arguments():
     with pytest.raises(ValueError, match="found nothing to gate in Linear: no nn.Conv2d"):
         az.add_attention(nn.Linear(3, 3), "se", where="convs")
     m = hf_resnet("basic")
-    with pytest.raises(ValueError, match=r"kind must be one of \('se', 'channel', 'spatial', 'cbam'\), got 'mha'"):
+    with pytest.raises(ValueError, match=r"kind must be one of \('se', 'channel', 'spatial', 'cbam', 'eca', 'ese', 'ge', 'coord', 'bam', "
+                       r"'triplet', 'srm'\), got 'mha'"):
         az.add_attention(m, "mha")
     with pytest.raises(ValueError, match="where must be 'blocks', 'convs' or a callable"):
         az.add_attention(m, "se", where="everywhere")

@@ -8,6 +8,7 @@
 from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
 from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
+from .gates import BAM, ECA, SRM, CoordAttention, EffectiveSE, GatherExcite, TripletAttention
 from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
 from .record import AttentionMap, AttentionRecorder
@@ -28,6 +29,13 @@ __all__ = [
     "ChannelAttention",
     "SpatialAttention",
     "CBAM",
+    "ECA",
+    "EffectiveSE",
+    "SRM",
+    "GatherExcite",
+    "CoordAttention",
+    "BAM",
+    "TripletAttention",
     "create_attention",
     "available_attention",
     "TransformerEncoderLayer",

@@ -56,31 +56,17 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import create_attention
-from .gates.spatial import CBAM, SpatialAttention
+from .gates import GATES
+from .gates._act import ScaledSigmoid
 
 __all__ = ["add_attention", "find_attention", "ScaledSigmoid"]
 
-KINDS = ("se", "channel", "spatial", "cbam")
+KINDS = ("se", "channel", "spatial", "cbam", "eca", "ese", "ge", "coord", "bam", "triplet", "srm")
 INITS = ("default", "identity")
-GATE_TYPES = (SqueezeExcite, ChannelAttention, SpatialAttention, CBAM)
+GATE_TYPES = GATES
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ADDS = {operator.add, operator.iadd, torch.add}
-
-
-class ScaledSigmoid(nn.Module):
-    """``scale * sigmoid(x)``; with scale 2 its value at 0 is exactly 1 (identity gate)."""
-
-    def __init__(self, scale: float = 2.0) -> None:
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scale * torch.sigmoid(x)
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale}"
 
 
 class _ApplyGate:
@@ -230,13 +216,12 @@ def _places(model: nn.Module, where: str | Callable[[str, nn.Module], bool]) -> 
     return places
 
 
-def _identity_init(gate: nn.Module) -> None:
-    for part in (gate.channel, gate.spatial) if isinstance(gate, CBAM) else (gate,):
-        last = part.conv if isinstance(part, SpatialAttention) else part.fc2
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.zero_()
-        part.gate_act = ScaledSigmoid(2.0)
+def _identity_init(gate: nn.Module, kind: str) -> None:
+    """Each gate class knows how it starts as the identity (``init_identity``), or raises why not."""
+    try:
+        gate.init_identity()
+    except ValueError as e:
+        raise ValueError(f"add_attention({kind!r}, init='identity'): {e}") from None
 
 
 def _host(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -299,7 +284,7 @@ def add_attention(
         kw = {} if p is None else {"device": p.device, "dtype": p.dtype}
         gates.append((create_attention(kind, channels, **kw, **kwargs), *_host(model, name)))
         if init == "identity":
-            _identity_init(gates[-1][0])
+            _identity_init(gates[-1][0], kind)
     for (name, _), (gate, host, child) in zip(places, gates):
         host.add_module(child, gate)
         model.get_submodule(name).register_forward_hook(_ApplyGate(gate, name))

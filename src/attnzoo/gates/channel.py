@@ -65,6 +65,7 @@ from .._checks import (
     is_tracing,
     refuse_torchscript,
 )
+from ._act import ScaledSigmoid
 
 __all__ = ["SqueezeExcite", "ChannelAttention", "hidden_width"]
 
@@ -149,6 +150,13 @@ class _ChannelGate(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Return ``x * gate(x)``, the shape of ``x``."""
         return x * self.gate(x)
+
+    def init_identity(self) -> None:
+        """Zero ``fc2``, use ``2 * sigmoid``: the gate is exactly 1 (``add_attention(init="identity")``)."""
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+            self.fc2.bias.zero_()
+        self.gate_act = ScaledSigmoid(2.0)
 
     def extra_repr(self) -> str:
         dims = f", dims={self.dims}" if self.dims != 2 else ""

@@ -58,6 +58,7 @@ from .._checks import (
     is_tracing,
     refuse_torchscript,
 )
+from ._act import ScaledSigmoid
 from .channel import ChannelAttention
 
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -138,6 +139,13 @@ class SpatialAttention(nn.Module):
         """Return ``x * gate(x)``, the shape of ``x``."""
         return x * self.gate(x)
 
+    def init_identity(self) -> None:
+        """Zero ``conv``, use ``2 * sigmoid``: the gate is exactly 1 (``add_attention(init="identity")``)."""
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+        self.gate_act = ScaledSigmoid(2.0)
+
     def __prepare_scriptable__(self) -> nn.Module:
         refuse_torchscript(type(self).__name__)
         return self  # pragma: no cover - refuse_torchscript always raises
@@ -194,6 +202,11 @@ class CBAM(nn.Module):
         self.channel._check_input(x, type(self).__name__)
         channel_gate = self.channel.gate(x)
         return channel_gate * self.spatial.gate(x * channel_gate)
+
+    def init_identity(self) -> None:
+        """Both parts start as the identity, so the block does."""
+        self.channel.init_identity()
+        self.spatial.init_identity()
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``spatial(channel(x))``, the shape of ``x``."""
