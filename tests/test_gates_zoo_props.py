@@ -6,6 +6,7 @@ init="identity" (bit-exact at insertion, gates learn) or its refusal."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -151,16 +152,19 @@ def test_triplet_is_not_channel_equivariant_but_its_spatial_branch_is() -> None:
 
 
 @pytest.mark.parametrize(("kind", "kw", "dims_ok"), GATES, ids=IDS)
-def test_compile_fullgraph_and_export(kind: str, kw: dict, dims_ok: tuple) -> None:
+def test_compile_fullgraph_export_and_fx_without_warnings(kind: str, kw: dict, dims_ok: tuple) -> None:
     for dims in dims_ok:
         m = make(kind, kw, dims=dims)
         x = fmap(dims)
         want = m(x)
-        torch._dynamo.reset()  # one forward code object serves every gate: start each from a clean cache
-        compiled = torch.compile(m, fullgraph=True, dynamic=False, backend="eager")
-        torch.testing.assert_close(compiled(x), want, rtol=0, atol=0)
-        ep = torch.export.export(m, (x,))
-        torch.testing.assert_close(ep.module()(x), want, rtol=1e-6, atol=1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # attnzoo raises no warnings, traced or exported
+            torch._dynamo.reset()  # one forward code object serves every gate: start each from a clean cache
+            compiled = torch.compile(m, fullgraph=True, dynamic=False, backend="eager")
+            torch.testing.assert_close(compiled(x), want, rtol=0, atol=0)
+            ep = torch.export.export(m, (x,))
+            torch.testing.assert_close(ep.module()(x), want, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(torch.fx.symbolic_trace(m)(x), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("kind", "kw", "dims_ok"), GATES, ids=IDS)

@@ -5,8 +5,8 @@
 >>> [name for name, gate in az.find_attention(model)]
 
 ``add_attention(model, kind, where=..., init=..., **kwargs)`` builds one gate
-``create_attention(kind, C, **kwargs)`` per place (kind "se", "channel", "spatial" or
-"cbam"; C = the channel count at that place) and applies it to the output there:
+``create_attention(kind, C, **kwargs)`` per place (kind: a gate key of ``create_attention``,
+``KINDS``; C = the channel count at that place) and applies it to the output there:
 a forward hook on the module whose output is gated replaces that output ``y`` by
 ``gate(y)``. Gates act on (B, C, H, W) feature maps. C is read without a forward pass:
 a module's own ``out_channels``/``num_features``/``out_features``, else those of its last
@@ -34,9 +34,12 @@ Where (``where=``):
 Init (``init=``): ``"default"`` keeps the gate's own initialisation (the gate then scales
 features by about 0.5 at first, like an SE network trained from scratch). ``"identity"``
 makes every gate exactly the identity at insertion, so a trained network's outputs are
-unchanged bit for bit: the gate's last layer (``fc2`` of a channel gate, ``conv`` of a
-spatial gate) is zeroed and its sigmoid becomes ``2 * sigmoid``, whose value at 0 is
-exactly 1.0 (range (0, 2), the scaled sigmoid of NFNet's SE blocks). The zeroed layer
+unchanged bit for bit: each gate's ``init_identity()`` does it (for SE, ``fc2`` of a
+channel gate, ``conv`` of a spatial gate, the gate's last layer is zeroed and its sigmoid
+becomes ``2 * sigmoid``, whose value at 0 is exactly 1.0: range (0, 2), the scaled sigmoid
+of NFNet's SE blocks; each gate's docstring says what it does). A gate that cannot start
+as the identity (the parameter-free Gather-Excite) raises ``ValueError`` and the model is
+left unchanged. The zeroed layer
 gets a gradient at once (the others from the second step, as with any zero-initialised
 last layer), so the gates learn during fine-tuning.
 
@@ -83,7 +86,7 @@ class _ApplyGate:
 
 
 def find_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every attnzoo gate in ``model`` (SE, channel, spatial, CBAM; a CBAM's parts are not
+    """Every attnzoo gate in ``model`` (any class of ``attnzoo.gates.GATES``; a CBAM's parts are not
     listed separately), as ``(qualified name, module)`` in ``named_modules`` order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -248,7 +251,7 @@ def add_attention(
 
     Args:
         model: any ``nn.Module`` whose feature maps are (B, C, H, W).
-        kind: "se", "channel", "spatial" or "cbam" (see ``create_attention``).
+        kind: a gate key of ``create_attention``: one of ``KINDS`` ("se", "cbam", "eca", ...).
         where: "blocks" (residual branch of every residual block, before the addition),
             "convs" (after every ``nn.Conv2d``) or a callable ``(name, module) -> bool``.
         init: "default" (the gate's own init) or "identity" (exact identity at insertion).

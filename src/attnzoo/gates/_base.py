@@ -83,7 +83,7 @@ class Gate(nn.Module):
 
     def _spatial_mean(self, x: Tensor) -> Tensor:
         """Mean over the spatial dims, keepdim: (B, C, 1, ...)."""
-        return x.mean(tuple(range(2, x.dim())), keepdim=True)
+        return x.mean(tuple(range(2, 2 + self.dims)), keepdim=True)
 
     def __prepare_scriptable__(self) -> nn.Module:
         refuse_torchscript(type(self).__name__)

@@ -92,7 +92,7 @@ class CoordAttention(Gate):
         self.gate_act: nn.Module = nn.Sigmoid()
 
     def _gate(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
+        h, w = x.shape[2], x.shape[3]
         zh = x.mean(3, keepdim=True)  # (B, C, H, 1)
         zw = x.mean(2, keepdim=True).transpose(2, 3)  # (B, C, W, 1)
         y = self.act(self.bn1(self.conv1(torch.cat((zh, zw), dim=2))))  # (B, mip, H + W, 1)

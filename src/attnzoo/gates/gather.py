@@ -52,16 +52,17 @@ __all__ = ["GatherExcite"]
 
 
 
-def _window_sum(x: Tensor, e: int) -> Tensor:
+def _window_sum(x: Tensor, e: int, dims: int) -> Tensor:
     """Sums over e x e windows with stride e, the last ones partial: (B, C, *S) -> (B, C, *ceil(S / e)).
 
     Zero-pads each spatial dim to a multiple of e and folds it into (S / e, e); any dtype,
     any size (`avg_pool3d` has no bfloat16 kernel on CPU and refuses maps smaller than e).
     """
-    pad = [p for n in reversed(x.shape[2:]) for p in (0, (-n) % e)]
+    dims = range(2, 2 + dims)
+    pad = [p for d in reversed(dims) for p in (0, (-x.shape[d]) % e)]
     xp = F.pad(x, pad)
-    folded = xp.reshape(*xp.shape[:2], *[s for n in xp.shape[2:] for s in (n // e, e)])  # (B, C, H/e, e, W/e, e)
-    return folded.sum(tuple(range(3, folded.dim(), 2)))
+    folded = xp.reshape(xp.shape[0], xp.shape[1], *[s for d in dims for s in (xp.shape[d] // e, e)])  # (B, C, H/e, e, W/e, e)
+    return folded.sum(tuple(range(3, 3 + 2 * len(dims), 2)))
 
 
 class GatherExcite(Gate):
@@ -127,8 +128,9 @@ class GatherExcite(Gate):
         elif e == 0:
             return self.gate_act(self._spatial_mean(x))  # (B, C, 1, ...)
         else:
-            g = _window_sum(x, e) / _window_sum(x.new_ones((1, 1, *x.shape[2:])), e)  # (B, C, ceil(H / e), ...)
-        for d in range(2, x.dim()):  # excite: unit i // e to position i, per spatial dim
+            ones = torch.ones_like(x[:1, :1])  # (1, 1, *spatial)
+            g = _window_sum(x, e, self.dims) / _window_sum(ones, e, self.dims)  # (B, C, ceil(H / e), ...)
+        for d in range(2, 2 + self.dims):  # excite: unit i // e to position i, per spatial dim
             g = g.repeat_interleave(e, dim=d).narrow(d, 0, x.shape[d])
         return self.gate_act(g)  # (B, C, H, W)
 

@@ -183,7 +183,7 @@ class TripletAttention(Gate):
         self.gate_act: nn.Module = nn.Sigmoid()
 
     def _gate(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
+        b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         s_cw = self.gate_act(self.cw(_zpool(x, 2)))  # (B, 1, C, W): pooled over H
         s_hc = self.gate_act(self.hc(_zpool(x, 3).transpose(2, 3)))  # (B, 1, H, C): pooled over W
         g = s_cw.view(b, c, 1, w) + s_hc.transpose(2, 3).reshape(b, c, h, 1)  # (B, C, H, W)

@@ -74,11 +74,13 @@ class SRM(Gate):
     def _gate(self, x: Tensor) -> Tensor:
         flat = x.flatten(2)  # (B, C, n)
         n = flat.shape[-1]
-        mu = flat.mean(-1)  # (B, C)
-        sigma = flat.var(-1, correction=1 if n > 1 else 0).sqrt()  # (B, C); 0 for n = 1
+        mu = flat.mean(-1, keepdim=True)  # (B, C, 1)
+        ss = (flat - mu).square().sum(-1)  # (B, C)
+        sigma = (ss / (n - 1 + (n == 1))).sqrt()  # unbiased; 0 for n = 1 (no branch: traceable)
+        mu = mu.squeeze(-1)  # (B, C)
         z = mu * self.cfc[:, 0] + sigma * self.cfc[:, 1]  # (B, C)
         g = self.gate_act(self.bn(z))  # (B, C)
-        return g.view(*g.shape, *([1] * self.dims))  # (B, C, 1, ...)
+        return g[(...,) + (None,) * self.dims]  # (B, C, 1, ...)
 
     def init_identity(self) -> None:
         """Zero `cfc` and `bn.bias`, use `2 * sigmoid`: the gate is exactly 1."""
