@@ -242,3 +242,17 @@ def test_create_attention_keys(kind: str) -> None:
            "coord": az.CoordAttention, "bam": az.BAM, "triplet": az.TripletAttention}[kind]
     m = az.create_attention(kind.upper(), 16)
     assert type(m) is cls and m.channels == 16
+
+
+@pytest.mark.parametrize(("kind", "kw", "dims_ok"), GATES, ids=IDS)
+@pytest.mark.parametrize("shape", [(0, 8, 5, 4), (2, 8, 0, 4), (2, 8, 0, 0)])
+@pytest.mark.parametrize("train", [False, True])
+def test_empty_batch_or_map(kind: str, kw: dict, dims_ok: tuple, shape: tuple, train: bool) -> None:
+    """An empty batch or map gives the empty result, a finite gate and finite (zero) gradients."""
+    m = make(kind, kw).train(train)
+    x = torch.randn(*shape, requires_grad=True)
+    y, g = m(x), m.gate(x)
+    assert y.shape == x.shape and torch.isfinite(g).all()
+    assert torch.broadcast_shapes(g.shape, x.shape) == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape

@@ -5,6 +5,10 @@ Shapes: the input is (B, C, *spatial) with `dims` spatial sizes (1, 2 or 3, as
 `nn.Conv1d/2d/3d`), or unbatched (C, *spatial); a gate for the unbatched form runs on
 (1, C, *spatial) and drops the batch dim again. `gate(x)` broadcasts against `x`.
 
+Empty sizes: an empty batch gives an empty result; with an empty spatial map, pooled
+descriptors are 0 (the value of an empty sum, not the NaN of an empty mean) and full-size
+gates are empty, so the gate stays finite and the output is the empty `x * gate`.
+
 Identity start: `init_identity()` makes `gate(x)` exactly 1 for every `x`, so a network
 that receives the gate keeps its outputs bit for bit (`add_attention(init="identity")`
 calls it). Each gate zeroes the last layer before its activation and swaps that activation
@@ -36,6 +40,7 @@ class Gate(nn.Module):
     """Base class: subclasses set `self.gate_act` and implement `_gate` on batched input."""
 
     supported_dims: tuple[int, ...] = (1, 2, 3)
+    full_size: bool = False  # the gate is (B, C, *spatial), not (B, C, 1, ...)
 
     def __init__(self, channels: int, *, dims: int = 2) -> None:
         super().__init__()
@@ -69,7 +74,10 @@ class Gate(nn.Module):
 
     def gate(self, x: Tensor) -> Tensor:
         """The factor `forward` multiplies `x` by; it broadcasts against `x`."""
-        if self._check_input(x):
+        batched = self._check_input(x)
+        if self.full_size and not is_tracing(x) and x.shape[-self.dims :].numel() == 0:
+            return torch.ones_like(x)  # an empty map: an empty gate (torch's convs refuse empty maps)
+        if batched:
             return self._gate(x)
         return self._gate(x.unsqueeze(0)).squeeze(0)
 
@@ -82,8 +90,11 @@ class Gate(nn.Module):
         raise ValueError(f"{type(self).__name__} cannot start as the identity")
 
     def _spatial_mean(self, x: Tensor) -> Tensor:
-        """Mean over the spatial dims, keepdim: (B, C, 1, ...)."""
-        return x.mean(tuple(range(2, 2 + self.dims)), keepdim=True)
+        """Mean over the spatial dims, keepdim: (B, C, 1, ...); 0 (an empty sum) for an empty map."""
+        spatial = tuple(range(2, 2 + self.dims))
+        if not is_tracing(x) and x.shape[2:].numel() == 0:
+            return x.sum(spatial, keepdim=True)  # zeros, still attached to x
+        return x.mean(spatial, keepdim=True)
 
     def __prepare_scriptable__(self) -> nn.Module:
         refuse_torchscript(type(self).__name__)

@@ -66,6 +66,7 @@ from .._checks import (
     refuse_torchscript,
 )
 from ._act import ScaledSigmoid
+from ._base import zero_
 
 __all__ = ["SqueezeExcite", "ChannelAttention", "hidden_width"]
 
@@ -153,9 +154,7 @@ class _ChannelGate(nn.Module):
 
     def init_identity(self) -> None:
         """Zero ``fc2``, use ``2 * sigmoid``: the gate is exactly 1 (``add_attention(init="identity")``)."""
-        with torch.no_grad():
-            self.fc2.weight.zero_()
-            self.fc2.bias.zero_()
+        zero_(self.fc2.weight, self.fc2.bias)
         self.gate_act = ScaledSigmoid(2.0)
 
     def extra_repr(self) -> str:

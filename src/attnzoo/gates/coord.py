@@ -68,6 +68,7 @@ class CoordAttention(Gate):
     """
 
     supported_dims = (2,)
+    full_size = True
 
     def __init__(
         self,

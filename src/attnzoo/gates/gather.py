@@ -104,6 +104,7 @@ class GatherExcite(Gate):
             raise TypeError(f"params must be a bool, got {type(params).__name__}")
         self.extent = extent
         self.params = params
+        self.full_size = extent != 0
         self.gather: nn.Sequential | None = None
         if params:
             if extent < 2 or extent & (extent - 1):

@@ -65,6 +65,8 @@ class BAM(Gate):
 
     Input (B, C, H, W) -> output (B, C, H, W), `x * gate(x)`; with `dims=1`/`dims=3`,
     (B, C, L) or (B, C, D, H, W); unbatched (C, ...) too. The gate is (B, C, H, W), in (1, 2).
+    Training needs a batch of at least 2: the channel branch's `BatchNorm1d` needs more than
+    one value per channel (as in the official code).
 
     Args:
         channels: C.
@@ -76,6 +78,8 @@ class BAM(Gate):
         dtype: the parameters' dtype; inputs must have the same dtype (or run under
             `torch.autocast`).
     """
+
+    full_size = True
 
     def __init__(
         self,
@@ -161,6 +165,7 @@ class TripletAttention(Gate):
     """
 
     supported_dims = (2,)
+    full_size = True
 
     def __init__(
         self,

@@ -59,6 +59,7 @@ from .._checks import (
     refuse_torchscript,
 )
 from ._act import ScaledSigmoid
+from ._base import zero_
 from .channel import ChannelAttention
 
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -141,9 +142,7 @@ class SpatialAttention(nn.Module):
 
     def init_identity(self) -> None:
         """Zero ``conv``, use ``2 * sigmoid``: the gate is exactly 1 (``add_attention(init="identity")``)."""
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.zero_()
+        zero_(self.conv.weight, self.conv.bias)
         self.gate_act = ScaledSigmoid(2.0)
 
     def __prepare_scriptable__(self) -> nn.Module:

@@ -74,7 +74,7 @@ class SRM(Gate):
     def _gate(self, x: Tensor) -> Tensor:
         flat = x.flatten(2)  # (B, C, n)
         n = flat.shape[-1]
-        mu = flat.mean(-1, keepdim=True)  # (B, C, 1)
+        mu = flat.sum(-1, keepdim=True) / (n + (n == 0))  # (B, C, 1); 0 for an empty map
         ss = (flat - mu).square().sum(-1)  # (B, C)
         sigma = (ss / (n - 1 + (n == 1))).sqrt()  # unbiased; 0 for n = 1 (no branch: traceable)
         mu = mu.squeeze(-1)  # (B, C)
