@@ -162,8 +162,11 @@ def test_compile_fullgraph_export_and_fx_without_warnings(kind: str, kw: dict, d
             torch._dynamo.reset()  # one forward code object serves every gate: start each from a clean cache
             compiled = torch.compile(m, fullgraph=True, dynamic=False, backend="eager")
             torch.testing.assert_close(compiled(x), want, rtol=0, atol=0)
-            ep = torch.export.export(m, (x,))
+            batch = torch.export.Dim("batch", min=1, max=64)
+            ep = torch.export.export(m, (x,), dynamic_shapes={"x": {0: batch}})
             torch.testing.assert_close(ep.module()(x), want, rtol=1e-6, atol=1e-6)
+            x3 = fmap(dims, b=3, seed=5)  # another batch size, same program
+            torch.testing.assert_close(ep.module()(x3), m(x3), rtol=1e-6, atol=1e-6)
             torch.testing.assert_close(torch.fx.symbolic_trace(m)(x), want, rtol=0, atol=0)
 
 

@@ -14,12 +14,12 @@ sample and channel, computed from the spatial mean `z` (B, C) of `x`:
 Departures from the official code, and why
 ------------------------------------------
 ECA kernel size: the paper's rule `k = |log2(C) / gamma + b / gamma|_odd` (gamma = 2,
-b = 1), computed as in the paper's listing: `t = int(|(log2 C + b) / gamma|)`, then `t`
-if odd else `t + 1` (so ties go up: C = 2048 gives 7). This gives 5, 5, 5, 7 for
+b = 1), rounded as the authors' code listing and timm round it: `t = int(|(log2 C + b) /
+gamma|)`, then `t` if odd else `t + 1` (so ties go up: C = 2048 gives 7). This gives 5, 5, 5, 7 for
 ResNet-50's 256, 512, 1024, 2048 channels (86 parameters in 16 blocks); the released
 ECA-Net50 used 3, 5, 5, 7 ("k3557"; the paper's "80 parameters") and the repository's
 ResNet code defaults to 3 everywhere: pass `kernel_size` to reproduce either. `log2` is
-exact for powers of two (`math.log(C, 2)` of the listing can miss by one ulp).
+exact for powers of two (`math.log(C, 2)`, as in that listing, can miss by one ulp).
 
 ECA descriptor layout: the official code runs `nn.Conv1d(1, 1, k)` on (B, 1, C); so do
 we, so its `conv.weight` (1, 1, k) loads unchanged.
