@@ -43,7 +43,8 @@ def test_eca_resnet50_parameters() -> None:
 
 
 def test_srm_resnet50_parameters() -> None:
-    """SRM paper, Table 1 (ImageNet): ResNet-50 25.56M, SRM-ResNet-50 25.62M: 2C (cfc) + 2C (BN) per block."""
+    """SRM paper, ImageNet results: ResNet-50 25.56M, SRM-ResNet-50 25.62M (a reimplementation,
+    EvgenyKashin/SRMnet, lists 25,617,448 = 25,557,032 + 60,416): 2C (cfc) + 2C (BN) per block."""
     model = resnet50()
     before = n_params(model)
     az.add_attention(model, "srm")
@@ -53,7 +54,7 @@ def test_srm_resnet50_parameters() -> None:
 
 
 def test_bam_resnet50_parameters() -> None:
-    """BAM paper, Table 5 (ImageNet): ResNet-50 25.56M, ResNet-50 + BAM 25.92M; BAM sits at the
+    """BAM paper, ImageNet-1K results: ResNet-50 25.56M, ResNet-50 + BAM 25.92M; BAM sits at the
     three bottlenecks between stages (C = 256, 512, 1024), r = 16, two dilated 3x3 convs."""
     model = resnet50()
     before = n_params(model)
@@ -74,7 +75,7 @@ def test_bam_resnet50_parameters() -> None:
 def test_triplet_and_ge_minus_resnet50_parameters() -> None:
     """Triplet attention (authors' README: ResNet-50 + triplet attention, k = 7: 25.56M): three
     7x7 2 -> 1 convs without bias + BatchNorm2d(1) per block. GE-theta-minus is parameter-free
-    (GE paper, Table 1: it adds no parameters)."""
+    (GE paper, section 3: its gather is an average and its excite an interpolation)."""
     model = resnet50()
     before = n_params(model)
     az.add_attention(model, "triplet")
