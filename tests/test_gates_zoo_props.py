@@ -259,3 +259,31 @@ def test_empty_batch_or_map(kind: str, kw: dict, dims_ok: tuple, shape: tuple, t
     assert torch.broadcast_shapes(g.shape, x.shape) == x.shape
     y.sum().backward()
     assert x.grad.shape == x.shape
+
+
+IDENTITY = [g for g in GATES if g[0] != "ge" or g[1].get("params")]  # GE-theta-minus cannot start as identity
+
+
+@pytest.mark.parametrize(("kind", "kw", "dims_ok"), IDENTITY, ids=[i for i, g in zip(IDS, GATES) if g in IDENTITY])
+@pytest.mark.parametrize("train", [False, True])
+def test_init_identity_gate_is_exactly_one(kind: str, kw: dict, dims_ok: tuple, train: bool) -> None:
+    for dims in dims_ok:
+        m = make(kind, kw, dims=dims).train(train)
+        m.init_identity()
+        x = fmap(dims, b=3) * 5
+        assert torch.equal(m.gate(x), torch.ones_like(m.gate(x))) and torch.equal(m(x), x)
+
+
+def test_official_state_dict_names_and_shapes_load() -> None:
+    """ECA, SRM and coordinate attention keep the authors' parameter names and shapes."""
+    eca = az.ECA(64, 3)
+    eca.load_state_dict({"conv.weight": torch.randn(1, 1, 3)})
+    srm = az.SRM(16)  # official: cfc (C, 2) and a BatchNorm2d(C), same names and shapes as BatchNorm1d
+    srm.load_state_dict({**{f"bn.{k}": v for k, v in nn.BatchNorm2d(16).state_dict().items()}, "cfc": torch.randn(16, 2)})
+    coord = az.CoordAttention(64)  # official: conv1 (mip, C, 1, 1), bn1, conv_h / conv_w (C, mip, 1, 1), mip = 8
+    official = {"conv1.weight": torch.randn(8, 64, 1, 1), "conv1.bias": torch.randn(8),
+                "conv_h.weight": torch.randn(64, 8, 1, 1), "conv_h.bias": torch.randn(64),
+                "conv_w.weight": torch.randn(64, 8, 1, 1), "conv_w.bias": torch.randn(64),
+                **{f"bn1.{k}": v for k, v in nn.BatchNorm2d(8).state_dict().items()}}
+    coord.load_state_dict(official)
+    assert torch.equal(coord.conv_h.weight, official["conv_h.weight"])

@@ -34,8 +34,9 @@ overlapping (2e - 1)-wide windows with stride e instead; ours follow the paper's
 "e x e" description.
 
 Identity start (`init_identity`): GE-theta zeroes its last conv and the last BatchNorm's
-bias and uses `2 * sigmoid` (exactly 1). GE-theta-minus has no parameters, so its gate
-(a sigmoid of the input's own means) cannot be made 1: `init_identity` raises ValueError.
+bias, resets that BatchNorm's running statistics and uses `2 * sigmoid` (exactly 1).
+GE-theta-minus has no parameters, so its gate (a sigmoid of the input's own means) cannot
+be made 1: `init_identity` raises ValueError.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class GatherExcite(Gate):
         return self.gate_act(g)  # (B, C, H, W)
 
     def init_identity(self) -> None:
-        """GE-theta: zero the last conv and the last BatchNorm's bias, use `2 * sigmoid`."""
+        """GE-theta: zero the last conv and the last BatchNorm's bias (statistics reset), use `2 * sigmoid`."""
         if self.gather is None:
             raise ValueError(
                 "GatherExcite(params=False) (GE-theta-minus) has no parameters: its gate, a sigmoid "
@@ -144,6 +145,7 @@ class GatherExcite(Gate):
             )
         conv, bn = self.gather[-2], self.gather[-1]
         zero_(conv.weight, bn.bias)
+        bn.reset_running_stats()  # eval mode too: (0 - 0) / sqrt(1 + eps) * w + 0 = 0
         self.gate_act = ScaledSigmoid(2.0)
 
     def extra_repr(self) -> str:

@@ -42,8 +42,9 @@ x bit for bit.
 Identity start (`init_identity`): BAM zeroes `fc2` and the last spatial conv (only that
 conv with `combine="product"`, so the channel branch keeps its gradient) and replaces the
 sigmoid by `2 * sigmoid - 1`, exactly 0 at 0, so `1 + act` is exactly 1 (the factor's
-range becomes (0, 2)); triplet zeroes the three convs and BatchNorm biases and uses
-`2 * sigmoid`, so each branch is exactly 1 and so is their mean.
+range becomes (0, 2)); triplet zeroes the three convs and BatchNorm biases (their
+running statistics reset) and uses `2 * sigmoid`, so each branch is exactly 1 and so is
+their mean.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ class TripletAttention(Gate):
         for branch in (self.cw, self.hc, self.hw):
             if branch is not None:
                 zero_(branch.conv.weight, branch.bn.bias)
+                branch.bn.reset_running_stats()  # eval mode too
         self.gate_act = ScaledSigmoid(2.0)
 
     def extra_repr(self) -> str:

@@ -26,7 +26,7 @@ and shapes, so its state dict (`cfc`, `bn.*`) loads unchanged, for any `dims`.
 
 Initialisation: `cfc` starts at 0, as in the official code (the gate starts at
 `sigmoid(bn.bias) = 0.5`). Identity start (`init_identity`): `cfc` and `bn.bias` zeroed,
-`2 * sigmoid`, so the gate is exactly 1; `cfc` still gets gradients through the batch
+`bn`'s running statistics reset, `2 * sigmoid`, so the gate is exactly 1; `cfc` still gets gradients through the batch
 statistics of `bn` in training.
 """
 
@@ -83,6 +83,7 @@ class SRM(Gate):
         return g[(...,) + (None,) * self.dims]  # (B, C, 1, ...)
 
     def init_identity(self) -> None:
-        """Zero `cfc` and `bn.bias`, use `2 * sigmoid`: the gate is exactly 1."""
+        """Zero `cfc` and `bn.bias`, reset `bn`'s statistics, use `2 * sigmoid`: the gate is exactly 1."""
         zero_(self.cfc, self.bn.bias)
+        self.bn.reset_running_stats()  # eval mode too: (0 - 0) / sqrt(1 + eps) * w + 0 = 0
         self.gate_act = ScaledSigmoid(2.0)
