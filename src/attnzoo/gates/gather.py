@@ -59,11 +59,11 @@ def _window_sum(x: Tensor, e: int, dims: int) -> Tensor:
     Zero-pads each spatial dim to a multiple of e and folds it into (S / e, e); any dtype,
     any size (`avg_pool3d` has no bfloat16 kernel on CPU and refuses maps smaller than e).
     """
-    dims = range(2, 2 + dims)
-    pad = [p for d in reversed(dims) for p in (0, (-x.shape[d]) % e)]
-    xp = F.pad(x, pad)
-    folded = xp.reshape(xp.shape[0], xp.shape[1], *[s for d in dims for s in (xp.shape[d] // e, e)])  # (B, C, H/e, e, W/e, e)
-    return folded.sum(tuple(range(3, 3 + 2 * len(dims), 2)))
+    spatial = range(2, 2 + dims)
+    xp = F.pad(x, [p for d in reversed(spatial) for p in (0, (-x.shape[d]) % e)])  # sizes now multiples of e
+    windows = [s for d in spatial for s in (xp.shape[d] // e, e)]
+    folded = xp.reshape(xp.shape[0], xp.shape[1], *windows)  # (B, C, H/e, e, W/e, e)
+    return folded.sum(tuple(range(3, 3 + 2 * dims, 2)))  # (B, C, H/e, W/e)
 
 
 class GatherExcite(Gate):
