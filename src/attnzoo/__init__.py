@@ -10,7 +10,7 @@ from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
-from .record import AttentionMap, AttentionRecorder
+from .maps.recorder import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
 from .spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
