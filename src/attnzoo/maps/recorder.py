@@ -9,7 +9,8 @@ torch.Size([2, 4, 5, 5])
 >>> [(m.name, m.kind, m.module, m.call) for m in rec.maps]
 [('0', 'attention', 'SelfAttention', 0)]
 
-What is captured (``AttentionMap.tensor``) for each module found by recursion:
+What is captured (``AttentionMap.tensor``) for each module found by recursion (which
+modules: `attnzoo.maps.hooks`):
 
 * kind ``"attention"``: ``attnzoo.MultiHeadAttention`` (and subclasses) and
   ``torch.nn.MultiheadAttention``: per-head weights (B, H, L, S); unbatched: (H, L, S).
@@ -17,27 +18,34 @@ What is captured (``AttentionMap.tensor``) for each module found by recursion:
   positional); a hook returns to the caller what it asked for: ``None``, the head average
   ``weights.mean(dim=-3)`` or the per-head weights. attnzoo's ``weights_for`` stays as
   the caller set it, so only those query rows are recorded: (B, H, len(rows), S).
-* ``"channel"``: ``SqueezeExcite``, ``ChannelAttention``: the gate (B, C, 1, 1);
-  ``"spatial"``: ``SpatialAttention``: the gate (B, 1, H, W). A gate is the output of
-  the module's ``gate_act`` sigmoid, so a ``CBAM`` gives records for ``<name>.channel``
-  and ``<name>.spatial``, and a direct ``module.gate(x)`` is recorded too.
+* gates: any module with a ``gate(x) -> Tensor`` method (the map its forward multiplies
+  ``x`` by; SE, channel and spatial attention, your own): the gate, kind ``"channel"``
+  (B, C, 1, 1), ``"spatial"`` (B, 1, H, W), or the class's ``gate_kind``. A gate made of
+  gates (``CBAM``) gives records for its parts, ``<name>.channel`` and ``<name>.spatial``;
+  a direct ``module.gate(x)`` is recorded too.
 * ``"temporal"``: ``TemporalAttention``: its weights over time, (B, T) or (B, Q, T).
 
 Outputs do not change: where the caller did not ask for weights, attnzoo modules still
-compute the output with the fused kernel (:func:`attnzoo.functional.fused_output`), and
-where it did, by the same route as unrecorded; so they are bit-identical (except in training with dropout > 0: the output then comes from
-the dropped-out weights, which are recorded). ``nn.MultiheadAttention`` uses another kernel
-when weights are asked for (and ``nn.TransformerEncoderLayer`` leaves its fast path when
-hooked), so its outputs agree to float rounding. Hooks exist only inside ``with`` (removed
-on exit, also on an exception). Recorders nest; re-entering one starts a fresh recording.
+compute the output with the fused kernel (``attnzoo.functional.fused_output``), and
+where it did, by the same route as unrecorded; so they are bit-identical (except in training
+with dropout > 0: the output then comes from the dropped-out weights, which are recorded).
+``nn.MultiheadAttention`` uses another kernel when weights are asked for (and
+``nn.TransformerEncoderLayer`` leaves its fast path when hooked), so its outputs agree to
+float rounding. Hooks exist only inside ``with`` (removed on exit, also on an exception).
+Recorders nest; re-entering one starts a fresh recording.
+
+Threads: a recorder records only the thread that entered its ``with`` block. Other threads
+may run the same model meanwhile: they run exactly as unrecorded (every hook and patch
+passes their calls through, the SDPA capture is a function mode of the entering thread
+only) and add no records. Leaving ``with`` removes every hook, patch and mode it added. Two
+threads may not record the same modules at once (``RuntimeError`` on entering the second).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import inspect
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +57,11 @@ from torch.utils.hooks import RemovableHandle
 
 from ..attention import MultiHeadAttention
 from .._weights import RowIndex, _row_index
-from .capture import ModuleStack, SDPACapture, patch_attend, sdpa_weights, weights_numel
+from .capture import ModuleStack, SDPACapture, packed_gqa, patch_attend, sdpa_weights, weights_numel
+from .hooks import Flag, claim_modules, gate_kind, module_kind, patch_gate
 from .store import load_maps, save_maps
 
 __all__ = ["AttentionMap", "AttentionRecorder"]
-
-_GATES = [("channel", "SqueezeExcite"), ("channel", "ChannelAttention"), ("spatial", "SpatialAttention")]  # kind = file
-_GATES.append(("temporal", "TemporalAttention"))  # weights = output of its gate_act (masked softmax)
 
 
 @dataclass(frozen=True)
@@ -67,33 +73,6 @@ class AttentionMap:
     module: str
     call: int
     tensor: Tensor
-
-
-def _gate_classes() -> list[tuple[type, str]]:
-    """The gating classes that exist (imported lazily: a missing file or class is skipped)."""
-    found = []
-    for kind, cls in _GATES:
-        with contextlib.suppress(ImportError, AttributeError):
-            found.append((getattr(importlib.import_module(f"attnzoo.{kind}"), cls), kind))
-    return found
-
-
-class _Flag:
-    """A bool argument of ``module.forward``, given by keyword, position or not; KeyError if none."""
-
-    def __init__(self, module: nn.Module, name: str) -> None:
-        params = list(inspect.signature(module.forward).parameters.values())
-        p = {p.name: p for p in params}[name]
-        self.name, self.default = name, p.default
-        self.pos = params.index(p) if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else len(params)
-
-    def get(self, args: tuple, kwargs: dict) -> bool:
-        return bool(args[self.pos] if self.pos < len(args) else kwargs.get(self.name, self.default))
-
-    def set(self, args: tuple, kwargs: dict, value: bool) -> tuple[tuple, dict]:
-        if self.pos < len(args):
-            return args[: self.pos] + (value,) + args[self.pos + 1:], kwargs
-        return args, {**kwargs, self.name: value}
 
 
 class AttentionRecorder:
@@ -112,7 +91,9 @@ class AttentionRecorder:
         average_heads: store attention weights averaged over heads, (B, L, S), not (B, H, L, S).
         rows: record only these query rows (index tensor, slice or range, as ``weights_for``):
             SDPA calls and attnzoo modules then compute only those rows (a caller's own
-            ``weights_for`` wins); cached decoding steps (one query row) are recorded whole.
+            ``weights_for`` wins); calls with one query row (cached decoding steps) are
+            recorded whole. Each entry must be a row (-L..L-1); a slice's start too (its stop
+            is clamped); else ``ValueError`` naming ``rows``, raised by the call.
         max_bytes: a cap on the bytes stored; the record that would pass it raises a
             ``RuntimeError`` naming the module and what to change (before any SDPA weights
             are computed).
@@ -128,8 +109,9 @@ class AttentionRecorder:
     Any model: with ``sdpa=True`` a ``TorchFunctionMode`` (active only inside ``with``) sees
     each SDPA call; the call runs unchanged (outputs bit-identical) and its weights are
     recomputed from its own q, k, mask, ``is_causal``, ``scale`` and ``enable_gqa`` by
-    :func:`attnzoo.functional.attention_weights`: kind ``"attention"``, (B, H, L, S), before
-    dropout. Calls inside attnzoo/torch attention modules are not recorded twice. attnzoo's
+    ``attnzoo.functional.attention_weights``: kind ``"attention"``, (B, H, L, S), before
+    dropout. ``transformers``' one-token GQA steps, which fold the query heads sharing a
+    key/value head into the query-length axis, are recorded unfolded: (B, H, 1, S). Calls inside attnzoo/torch attention modules are not recorded twice. attnzoo's
     cached decoding (``Seq2SeqTransformer.generate``) calls ``MultiHeadAttention.attend``
     directly; an instance attribute ``attend`` (removed on exit) records each step: the
     self-attention over the cache (B, H, 1, t+1) and the cross-attention (B, H, 1, S).
@@ -146,26 +128,29 @@ class AttentionRecorder:
         self.model, self.include, self.detach, self.to_cpu, self.max_calls = model, include, detach, to_cpu, max_calls
         self._check_options(rows, max_bytes, dtype)
         self.sdpa, self.average_heads, self.rows, self.max_bytes, self.dtype = sdpa, average_heads, rows, max_bytes, dtype
-        self._undo: list[Callable[[], None]] = []  # the SDPA capture, module stack and attend patches
+        self._undo: list[Callable[[], None]] = []  # claims, hooks, patches, module stack, SDPA capture
         self._stack: Any = None
+        self._owner: int | None = None  # the thread inside this recorder's ``with``, else None
+        self._lock = threading.Lock()
         self._bytes = 0
         self.maps: list[AttentionMap] = []
         self.names: list[str] = []  # the hooked modules' qualified names, in model order
         self._calls: dict[str, int] = {}
-        self._handles: list[RemovableHandle] = []
         self._requests: dict[str, list] = {}  # per hooked module: its callers' requests, innermost last
 
     def __enter__(self) -> AttentionRecorder:
         if self.model is None:
             raise RuntimeError("this AttentionRecorder was loaded from a file and has no model to record")
-        if self._handles:
-            raise RuntimeError("this AttentionRecorder is already active; nest a second one instead")
-        self.clear()
-        self.names = []
-        classes = [(MultiHeadAttention, "attention"), (nn.MultiheadAttention, "attention"), *_gate_classes()]
+        with self._lock:
+            if self._owner is not None:
+                raise RuntimeError("this AttentionRecorder is already active; nest a second one instead")
+            self._owner = threading.get_ident()
         try:
+            self._undo.append(claim_modules(self.model))
+            self.clear()
+            self.names = []
             for name, module in self.model.named_modules():
-                kind = next((k for cls, k in classes if isinstance(module, cls)), None)
+                kind = module_kind(module)
                 if kind is None or (self.include is not None and not self.include(name, module)):
                     continue
                 if kind == "attention":
@@ -173,8 +158,10 @@ class AttentionRecorder:
                         self._hook_attention(name, module)
                     except KeyError:  # a subclass whose forward takes no need_weights: skip it
                         continue
+                elif kind == "temporal":
+                    self._add_hook(module.gate_act.register_forward_hook(self._temporal_hook(name, module)))
                 else:
-                    self._handles.append(module.gate_act.register_forward_hook(self._gate_hook(name, kind, module)))
+                    self._undo.append(patch_gate(module, self._gate_record(name, module)))
                 self.names.append(name)
             self._start_capture()
         except BaseException:
@@ -183,11 +170,25 @@ class AttentionRecorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        while self._undo:
-            self._undo.pop()()
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """Undo everything ``__enter__`` added, newest first, even if one undo fails."""
+        error = None
+        try:
+            while self._undo:
+                try:
+                    self._undo.pop()()
+                except Exception as e:  # keep undoing; raise the first failure at the end
+                    error = error or e
+        finally:
+            self._owner = None
+        if error is not None:
+            raise error
+
+    def _mine(self) -> bool:
+        """Whether the calling thread is the one recording (see "Threads" in the module docstring)."""
+        return threading.get_ident() == self._owner
+
+    def _add_hook(self, handle: RemovableHandle) -> None:
+        self._undo.append(handle.remove)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the records to ``path`` (``.npz``: arrays + JSON metadata), atomically."""
@@ -195,9 +196,10 @@ class AttentionRecorder:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AttentionRecorder:
-        """A recorder holding the records saved by :meth:`save` (``maps``, ``names``, ``rec[name]``).
+        """A recorder holding the records saved by ``save`` (``maps``, ``names``, ``rec[name]``).
 
-        It has no model (``model`` is None), so it cannot be entered again.
+        It has no model (``model`` is None), so it cannot be entered again. ``ValueError``
+        naming the file (and the field) if it is not a recording ``save`` wrote.
         """
         records, names = load_maps(path)
         rec = cls(nn.Module())
@@ -234,48 +236,62 @@ class AttentionRecorder:
         self._calls[name] = call + 1
         self.maps.append(AttentionMap(name, kind, type(module).__name__, call, t))
 
+    def _rows_of(self, L: int, device: torch.device) -> Tensor | None:
+        """The recorder's ``rows`` of ``L`` query rows as an index (None: all; one row: whole)."""
+        return None if self.rows is None or L == 1 else _row_index(self.rows, L, device, name="rows")
+
     def _hook_attention(self, name: str, module: nn.Module) -> None:
-        need_weights, average = _Flag(module, "need_weights"), _Flag(module, "average_attn_weights")
+        need_weights, average = Flag(module, "need_weights"), Flag(module, "average_attn_weights")
         has_rows = "weights_for" in inspect.signature(module.forward).parameters
         requests: list[tuple[bool, bool, bool] | None] = []  # callers' (need, average, slice rows), innermost last
         self._requests[name] = requests
 
         def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if not self._mine():
+                return None
             if self._full(name):
                 requests.append(None)
                 return None
             need, avg = need_weights.get(args, kwargs), average.get(args, kwargs)
             rows = self.rows is not None and kwargs.get("weights_for") is None  # the recorder's rows apply
             if rows and has_rows and not need:  # compute only those rows
-                kwargs, rows = {**kwargs, "weights_for": self.rows}, False
+                L = _query_len(mod, args, kwargs)
+                index = self.rows if L is None else self._rows_of(L, torch.device("cpu"))
+                kwargs, rows = ({**kwargs, "weights_for": index} if index is not None else kwargs), False
             requests.append((need, avg, rows))
             return average.set(*need_weights.set(args, kwargs, True), False)
 
         def post(mod: nn.Module, args: tuple, output: Any) -> Any:
-            if not requests or (request := requests.pop()) is None:
+            if not self._mine() or not requests or (request := requests.pop()) is None:
                 return None
             out, weights = output
             need, avg, rows = request
-            kept = weights[..., _row_index(self.rows, weights.size(-2), weights.device), :] if rows else weights
-            self._store(name, "attention", mod, kept)
+            index = self._rows_of(weights.size(-2), weights.device) if rows else None
+            self._store(name, "attention", mod, weights if index is None else weights[..., index, :])
             return out, (None if not need else weights.mean(dim=-3) if avg else weights)
 
-        self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        self._add_hook(module.register_forward_pre_hook(pre, with_kwargs=True))
         # prepend: a recorder entered later (inner) restores its caller's request first
-        self._handles.append(module.register_forward_hook(post, prepend=True))
+        self._add_hook(module.register_forward_hook(post, prepend=True))
 
-    def _gate_hook(self, name: str, kind: str, module: nn.Module) -> Callable:
-        def hook(act: nn.Module, args: tuple, gate: Tensor) -> None:
-            if not self._full(name):
-                if kind == "channel" and gate.dim() == 2:  # (B, C), in case the view comes after
-                    gate = gate.reshape(*gate.shape, 1, 1)
-                self._store(name, kind, module, gate)
+    def _gate_record(self, name: str, module: nn.Module) -> Callable[[Any, Tensor], None]:
+        def record(x: Any, gate: Tensor) -> None:
+            if self._mine() and not self._full(name):
+                self._store(name, gate_kind(module, x, gate), module, gate)
+        return record
+
+    def _temporal_hook(self, name: str, module: nn.Module) -> Callable:
+        def hook(act: nn.Module, args: tuple, weights: Tensor) -> None:
+            if self._mine() and not self._full(name):
+                self._store(name, "temporal", module, weights)
         return hook
 
     # ------------------------------------------------------------------ any model, decoding
     def _check_options(self, rows: RowIndex, max_bytes: int | None, dtype: torch.dtype | None) -> None:
         if rows is not None and not isinstance(rows, (slice, range, Tensor)):
             raise TypeError(f"rows must be a slice, range or integer index tensor, got {type(rows).__name__}")
+        if isinstance(rows, slice) and rows.step == 0:
+            raise ValueError(f"rows must be a slice with a nonzero step, got {rows!r}")
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
             raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -306,19 +322,30 @@ class AttentionRecorder:
         if self.sdpa:
             stack.mode = mode = SDPACapture(self._on_sdpa)
             mode.__enter__()
-            self._undo.append(lambda: mode.__exit__(None, None, None))
+            self._undo.append(stack.leave_mode)
 
     def _on_sdpa(self, call: Any) -> None:
         top = self._stack.top()
-        if top is None or self._stack.covered:  # outside the model, or recorded by a module's hooks
+        if not self._mine() or top is None or self._stack.covered:  # outside the model, or recorded by hooks
             return
         name, module = top
         if self._full(name) or (self.include is not None and not self.include(name, module)):
             return
+        groups = packed_gqa(call, module)
+        L = 1 if groups > 1 else call.query.size(-2)
+        rows = self._rows_of(L, torch.device("cpu"))
         # refuse before computing anything; _store counts the stored tensor itself
-        self._reserve(name, weights_numel(call, average_heads=self.average_heads, rows=self.rows),
+        self._reserve(name, weights_numel(call, average_heads=self.average_heads, rows=rows, groups=groups),
                       call.query.dtype, count=False)
-        weights = sdpa_weights(call, average_heads=self.average_heads, rows=self.rows)
+        weights = sdpa_weights(call, average_heads=self.average_heads, rows=rows, groups=groups)
         if name not in self.names:
             self.names.append(name)
         self._store(name, "attention", module, weights, shaped=True)
+
+
+def _query_len(module: nn.Module, args: tuple, kwargs: dict) -> int | None:
+    """The number of query rows of an attention module's call, or None if it cannot tell."""
+    q = args[0] if args else kwargs.get("query", kwargs.get("x"))
+    if not isinstance(q, Tensor) or q.is_nested or q.dim() not in (2, 3):
+        return None
+    return q.size(0) if q.dim() == 2 or not getattr(module, "batch_first", True) else q.size(1)
