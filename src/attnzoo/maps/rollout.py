@@ -1,12 +1,14 @@
 """Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", 2020).
 
 A layer's output at position i mixes its attention over the previous layer's positions
-with its own input (the residual connection). Rollout models this per layer as::
+with its own input (the residual connection). Rollout models this per layer as:
 
-    A_l   = mean over heads of the layer's attention weights         (*, L, L), rows sum to 1
-    Â_l   = (1 - r)·A_l + r·I        (r = residual, 0.5 in the paper)
-    Â_l   = Â_l / Â_l.sum(-1)        (rows renormalised: a fully masked row becomes I's row)
-    R     = Â_n · … · Â_2 · Â_1      (*, L, L)
+```text
+A_l   = mean over heads of the layer's attention weights         (*, L, L), rows sum to 1
+Â_l   = (1 - r)·A_l + r·I        (r = residual, 0.5 in the paper)
+Â_l   = Â_l / Â_l.sum(-1)        (rows renormalised: a fully masked row becomes I's row)
+R     = Â_n · … · Â_2 · Â_1      (*, L, L)
+```
 
 so ``R[..., i, j]`` is how much input token j flows into position i after the whole stack;
 every row of ``R`` sums to 1. Only self-attention layers make sense here (L = S, queries and
@@ -28,7 +30,7 @@ def attention_rollout(layers: Sequence[object], *, residual: float = 0.5, averag
 
     Args:
         layers: per layer a tensor ``(*, H, L, L)`` (or ``(*, L, L)`` with ``average_heads=False``),
-            or an :class:`~attnzoo.AttentionMap` holding one, e.g.
+            or an `AttentionMap` holding one, e.g.
             ``[m for m in rec.maps if m.name.endswith("attention.self")]``. All the same shape.
         residual: weight ``r`` of the identity (the residual path), in [0, 1]; 0.5 as the paper.
         average_heads: average dim -3 (the heads) first; False if the weights are already averaged.
