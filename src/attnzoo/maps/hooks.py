@@ -4,7 +4,7 @@ What a module is (``module_kind``), checked in this order:
 
 * ``"attention"``: attnzoo's ``MultiHeadAttention`` (and subclasses) and
   ``torch.nn.MultiheadAttention``; recorded by forward hooks asking for per-head weights
-  (B, H, L, S).
+  (B, H, L, S) (``hook_attention``).
 * ``"temporal"``: ``TemporalAttention``; its weights over time (B, T) or (B, Q, T) are the
   output of its submodule ``gate_act`` (a masked softmax), recorded by a forward hook there.
 * a gate, by protocol, not by class: any module whose class defines a method
@@ -26,12 +26,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
 from ..temporal import TemporalAttention
 
-__all__ = ["module_kind", "gate_kind", "patch_gate", "Flag", "claim_modules"]
+__all__ = ["module_kind", "gate_kind", "patch_gate", "hook_attention", "Flag", "claim_modules"]
 
 
 def _is_gate(module: nn.Module) -> bool:
@@ -138,3 +139,52 @@ def claim_modules(model: nn.Module) -> Callable[[], None]:
                 else:
                     _CLAIMS.pop(m, None)
     return release
+
+
+def hook_attention(rec: Any, name: str, module: nn.Module) -> list:
+    """Forward pre/post hooks on attention ``module`` for recorder ``rec`` -> its request stack.
+
+    The pre-hook forces per-head weights (keeping each caller's own request on the returned
+    stack, innermost last), the post-hook records them and returns what the caller asked
+    for. Only ``rec``'s thread is touched. KeyError if ``forward`` has no ``need_weights``.
+    """
+    need_weights, average = Flag(module, "need_weights"), Flag(module, "average_attn_weights")
+    has_rows = "weights_for" in inspect.signature(module.forward).parameters
+    requests: list[tuple[bool, bool, bool] | None] = []  # callers' (need, average, slice rows), innermost last
+
+    def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not rec._mine():
+            return None
+        if rec._full(name):
+            requests.append(None)
+            return None
+        need, avg = need_weights.get(args, kwargs), average.get(args, kwargs)
+        rows = rec.rows is not None and kwargs.get("weights_for") is None  # the recorder's rows apply
+        if rows and has_rows and not need:  # compute only those rows
+            L = _query_len(mod, args, kwargs)
+            index = rec.rows if L is None else rec._rows_of(L, torch.device("cpu"))
+            kwargs, rows = ({**kwargs, "weights_for": index} if index is not None else kwargs), False
+        requests.append((need, avg, rows))
+        return average.set(*need_weights.set(args, kwargs, True), False)
+
+    def post(mod: nn.Module, args: tuple, output: Any) -> Any:
+        if not rec._mine() or not requests or (request := requests.pop()) is None:
+            return None
+        out, weights = output
+        need, avg, rows = request
+        index = rec._rows_of(weights.size(-2), weights.device) if rows else None
+        rec._store(name, "attention", mod, weights if index is None else weights[..., index, :])
+        return out, (None if not need else weights.mean(dim=-3) if avg else weights)
+
+    rec._add_hook(module.register_forward_pre_hook(pre, with_kwargs=True))
+    # prepend: a recorder entered later (inner) restores its caller's request first
+    rec._add_hook(module.register_forward_hook(post, prepend=True))
+    return requests
+
+
+def _query_len(module: nn.Module, args: tuple, kwargs: dict) -> int | None:
+    """The number of query rows of an attention module's call, or None if it cannot tell."""
+    q = args[0] if args else kwargs.get("query", kwargs.get("x"))
+    if not isinstance(q, Tensor) or q.is_nested or q.dim() not in (2, 3):
+        return None
+    return q.size(0) if q.dim() == 2 or not getattr(module, "batch_first", True) else q.size(1)

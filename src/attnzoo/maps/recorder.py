@@ -43,7 +43,6 @@ threads may not record the same modules at once (``RuntimeError`` on entering th
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -58,7 +57,7 @@ from torch.utils.hooks import RemovableHandle
 from ..attention import MultiHeadAttention
 from .._weights import RowIndex, _row_index
 from .capture import ModuleStack, SDPACapture, packed_gqa, patch_attend, sdpa_weights, weights_numel
-from .hooks import Flag, claim_modules, gate_kind, module_kind, patch_gate
+from .hooks import claim_modules, gate_kind, hook_attention, module_kind, patch_gate
 from .store import load_maps, save_maps
 
 __all__ = ["AttentionMap", "AttentionRecorder"]
@@ -155,7 +154,7 @@ class AttentionRecorder:
                     continue
                 if kind == "attention":
                     try:
-                        self._hook_attention(name, module)
+                        self._requests[name] = hook_attention(self, name, module)
                     except KeyError:  # a subclass whose forward takes no need_weights: skip it
                         continue
                 elif kind == "temporal":
@@ -240,40 +239,6 @@ class AttentionRecorder:
         """The recorder's ``rows`` of ``L`` query rows as an index (None: all; one row: whole)."""
         return None if self.rows is None or L == 1 else _row_index(self.rows, L, device, name="rows")
 
-    def _hook_attention(self, name: str, module: nn.Module) -> None:
-        need_weights, average = Flag(module, "need_weights"), Flag(module, "average_attn_weights")
-        has_rows = "weights_for" in inspect.signature(module.forward).parameters
-        requests: list[tuple[bool, bool, bool] | None] = []  # callers' (need, average, slice rows), innermost last
-        self._requests[name] = requests
-
-        def pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            if not self._mine():
-                return None
-            if self._full(name):
-                requests.append(None)
-                return None
-            need, avg = need_weights.get(args, kwargs), average.get(args, kwargs)
-            rows = self.rows is not None and kwargs.get("weights_for") is None  # the recorder's rows apply
-            if rows and has_rows and not need:  # compute only those rows
-                L = _query_len(mod, args, kwargs)
-                index = self.rows if L is None else self._rows_of(L, torch.device("cpu"))
-                kwargs, rows = ({**kwargs, "weights_for": index} if index is not None else kwargs), False
-            requests.append((need, avg, rows))
-            return average.set(*need_weights.set(args, kwargs, True), False)
-
-        def post(mod: nn.Module, args: tuple, output: Any) -> Any:
-            if not self._mine() or not requests or (request := requests.pop()) is None:
-                return None
-            out, weights = output
-            need, avg, rows = request
-            index = self._rows_of(weights.size(-2), weights.device) if rows else None
-            self._store(name, "attention", mod, weights if index is None else weights[..., index, :])
-            return out, (None if not need else weights.mean(dim=-3) if avg else weights)
-
-        self._add_hook(module.register_forward_pre_hook(pre, with_kwargs=True))
-        # prepend: a recorder entered later (inner) restores its caller's request first
-        self._add_hook(module.register_forward_hook(post, prepend=True))
-
     def _gate_record(self, name: str, module: nn.Module) -> Callable[[Any, Tensor], None]:
         def record(x: Any, gate: Tensor) -> None:
             if self._mine() and not self._full(name):
@@ -342,10 +307,3 @@ class AttentionRecorder:
             self.names.append(name)
         self._store(name, "attention", module, weights, shaped=True)
 
-
-def _query_len(module: nn.Module, args: tuple, kwargs: dict) -> int | None:
-    """The number of query rows of an attention module's call, or None if it cannot tell."""
-    q = args[0] if args else kwargs.get("query", kwargs.get("x"))
-    if not isinstance(q, Tensor) or q.is_nested or q.dim() not in (2, 3):
-        return None
-    return q.size(0) if q.dim() == 2 or not getattr(module, "batch_first", True) else q.size(1)
