@@ -85,19 +85,25 @@ def _colors(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _result_rows(results: Any, fields: str, what: str) -> list[np.ndarray]:
+    """``results`` (a non-empty mapping name -> numbers ``fields``, the last a std >= 0) as arrays."""
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError(f"results must be a non-empty dict name -> {fields}")
+    n, rows = fields.count(",") + 1, []
+    for name, value in results.items():
+        arr = _array(f"results[{name!r}]", value, [f"({n},)"])
+        if arr.shape != (n,) or not np.all(np.isfinite(arr)) or arr[-1] < 0:
+            raise ValueError(f"results[{name!r}] must be a finite {fields} {what}, got {value!r}")
+        rows.append(arr)
+    return rows
+
+
 def plot_accuracy_bars(results: Mapping[str, Sequence[float]], path: PathLike, *, title: str | None = None,
                        ylabel: str = "test accuracy", colors: Mapping[str, Any] | None = None) -> Path:
     """Bar chart of ``name -> (mean, std)`` with error bars and the mean printed on each bar.
 
     ``colors`` maps names to matplotlib colours (default: one tab10 colour per bar)."""
-    if not isinstance(results, Mapping) or not results:
-        raise ValueError("results must be a non-empty dict name -> (mean, std)")
-    pairs = []
-    for name, value in results.items():
-        arr = _array(f"results[{name!r}]", value, ["(2,)"])
-        if arr.shape != (2,) or not np.all(np.isfinite(arr)) or arr[1] < 0:
-            raise ValueError(f"results[{name!r}] must be a finite (mean, std) pair with std >= 0, got {value!r}")
-        pairs.append(arr)
+    pairs = _result_rows(results, "(mean, std)", "pair with std >= 0")
     names = [str(name) for name in results]
     m, s = np.stack(pairs).T
     long = any(len(n) > 10 for n in names)
@@ -130,15 +136,7 @@ def plot_train_test_bars(results: Mapping[str, Sequence[float]], path: PathLike,
                          colors: Mapping[str, Any] | None = None) -> Path:
     """Grouped bars of ``name -> (train accuracy, test mean, test std)``: a pale bar for train
     and a solid one for test per model, so the gap between them (overfitting) is visible."""
-    if not isinstance(results, Mapping) or not results:
-        raise ValueError("results must be a non-empty dict name -> (train, test_mean, test_std)")
-    rows = []
-    for name, value in results.items():
-        arr = _array(f"results[{name!r}]", value, ["(3,)"])
-        if arr.shape != (3,) or not np.all(np.isfinite(arr)) or arr[2] < 0:
-            raise ValueError(f"results[{name!r}] must be a finite (train, test_mean, test_std) triple "
-                             f"with test_std >= 0, got {value!r}")
-        rows.append(arr)
+    rows = _result_rows(results, "(train, test_mean, test_std)", "triple with test_std >= 0")
     names = [str(n) for n in results]
     tr, te, sd = np.stack(rows).T
     palette = _colors(len(names)) if colors is None else [colors.get(n) for n in results]
