@@ -129,7 +129,9 @@
     const qs = [], ks = [];
     for (let i = 0; i < nr; i += every) qs.push(fit(L.q[st.row0 + i], TICK_MAX, AXIS_FONT));
     for (let j = 0; j < nc; j += every) ks.push(fit(L.k[st.col0 + j], TICK_MAX, AXIS_FONT));
-    const x0 = 18 + labelWidth(qs, TICK_MAX, AXIS_FONT) + 6, y0 = 8;
+    let x0 = 18 + labelWidth(qs, TICK_MAX, AXIS_FONT) + 6;
+    const y0 = 8;
+    ks.forEach((s, k) => { x0 = Math.max(x0, Math.ceil(width(s, AXIS_FONT) * 0.71 - (k * every + 0.5) * cell) + 4); });
     const below = labelWidth(ks, TICK_MAX, AXIS_FONT) * 0.72 + 10;  // key labels at 45 degrees
     const bar = x0 + nc * cell + 18;  // the colour bar's left edge
     cv.width = Math.max(bar + 16 + 8 + width("row max", AXIS_FONT) + 4, 260);
