@@ -149,7 +149,8 @@ def exact_inv_freq(scaling: dict | None, dim: int, base: float, seq_len: int) ->
             theta = grown ** (-2 * i / dim)
         return theta, 1.0
     if kind == "llama3":
-        ctx, low, high = scaling["original_max_position_embeddings"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        ctx = scaling["original_max_position_embeddings"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
         out = []
         for t in theta:
             wavelength = 2 * math.pi / t
@@ -216,6 +217,15 @@ def test_rotation_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda t: rope.rotate(t, pos), (x,))
 
 
+def test_forward_is_rotate_on_each() -> None:
+    rope, pos = ours(SCHEMES["yarn"]), torch.tensor([[3, 9, 4000], [0, 1, 2]])
+    q, k = torch.randn(2, 4, 3, HD), torch.randn(2, 2, 3, HD, dtype=torch.float64)
+    got_q, got_k = rope(q, k, pos)
+    assert torch.equal(got_q, rope.rotate(q, pos)) and torch.equal(got_k, rope.rotate(k, pos))
+    got_q, got_k = rope(q, k.float(), pos)  # one table for both
+    assert torch.equal(got_k, rope.rotate(k.float(), pos))
+
+
 def test_half_input_keeps_dtype_and_buffer_is_not_saved() -> None:
     rope = ours(SCHEMES["llama3"])
     assert "inv_freq" not in rope.state_dict() and rope.inv_freq.dtype == torch.float32
@@ -244,7 +254,9 @@ def test_rotation_preserves_pair_norms_and_depends_on_distance_only(
     q, k = torch.randn(2, 1, 1, d, generator=g, dtype=torch.float64)
     shift = max(shift, -min(m, n))
     rq = rope.rotate(q, torch.tensor([m]))
-    pairs = (lambda t: t.unflatten(-1, (half_dim, 2))) if interleaved else (lambda t: t.unflatten(-1, (2, half_dim)).transpose(-1, -2))
+    def pairs(t: torch.Tensor) -> torch.Tensor:  # (..., d/2, 2): the rotated pairs
+        return t.unflatten(-1, (half_dim, 2)) if interleaved else t.unflatten(-1, (2, half_dim)).transpose(-1, -2)
+
     norm = pairs(rq).norm(dim=-1) / rope.attention_factor
     torch.testing.assert_close(norm, pairs(q).norm(dim=-1), atol=1e-10, rtol=1e-10)
     score = (rq * rope.rotate(k, torch.tensor([n]))).sum()
@@ -314,7 +326,8 @@ def t5_exact_bucket(r: int, num_buckets: int, max_distance: int, bidirectional: 
     return offset + min(exact + math.floor(math.log(d / exact) / math.log(max_distance / exact) * (n - exact)), n - 1)
 
 
-CONFIGS = [(32, 128, True), (32, 128, False), (16, 64, True), (8, 20, False), (64, 256, True), (4, 5, True), (2, 3, False)]
+CONFIGS = [(32, 128, True), (32, 128, False), (16, 64, True), (8, 20, False), (64, 256, True),
+           (4, 5, True), (2, 3, False)]
 
 
 @pytest.mark.parametrize(("num_buckets", "max_distance", "bidirectional"), CONFIGS)
@@ -371,12 +384,14 @@ def test_t5_bias_matches_compute_bias(decoder: bool) -> None:
     ({"head_dim": 8, "scaling": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}, ValueError,
      "scaling of rope_type 'linear' takes the keys ['factor']; unknown ['rope_theta'] "
      "(the base and rotary_dim are RotaryEmbedding arguments)"),
-    ({"head_dim": 8, "scaling": {"rope_type": "linear", "factor": 0}}, ValueError, "scaling['factor'] must be > 0, got 0"),
+    ({"head_dim": 8, "scaling": {"rope_type": "linear", "factor": 0}}, ValueError,
+     "scaling['factor'] must be > 0, got 0"),
     ({"head_dim": 8, "scaling": {"rope_type": "linear", "factor": "2"}}, TypeError,
      "scaling['factor'] must be a number, got str"),
     ({"head_dim": 8, "scaling": "linear"}, TypeError,
      "scaling must be a dict like {'rope_type': 'linear', 'factor': 2.0} or None, got str"),
-    ({"head_dim": 8, "scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0}},
+    ({"head_dim": 8, "scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                                 "high_freq_factor": 1.0}},
      ValueError, "scaling['low_freq_factor'] must be < scaling['high_freq_factor'], got 4.0 and 1.0"),
     ({"head_dim": 8, "rotary_dim": 2, "scaling": {"rope_type": "dynamic", "factor": 2.0}}, ValueError,
      "rotary_dim must be at least 4 for dynamic scaling, got 2"),
@@ -390,7 +405,7 @@ def test_rotary_bad_arguments(kwargs: dict, error: type, message: str) -> None:
 
 def test_rotary_bad_positions() -> None:
     rope, x = RotaryEmbedding(8), torch.randn(2, 3, 5, 8)
-    with pytest.raises(TypeError, match=r"^positions must be an integer tensor \(torch.long\), got dtype torch.float32$"):
+    with pytest.raises(TypeError, match=r"^positions must be an integer tensor \(torch.long\), got dtype torch.float32"):
         rope.rotate(x, torch.arange(5.0))
     with pytest.raises(ValueError, match=r"^positions must have shape \(L,\) or \(B, L\) with L = 5, got \(4,\)$"):
         rope.rotate(x, torch.arange(4))
@@ -398,6 +413,10 @@ def test_rotary_bad_positions() -> None:
         rope.rotate(x, torch.zeros(3, 5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"^x must be \(B, H, L, 8\) \(last size head_dim\), got \(2, 3, 5, 6\)$"):
         rope.rotate(torch.randn(2, 3, 5, 6))
+    with pytest.raises(ValueError, match=r"^positions \(B, L\) needs k of shape \(B, H, L, hs\) with the same B"):
+        rope(x, torch.randn(1, 3, 5, 8), torch.zeros(2, 5, dtype=torch.long))  # k's batch is not q's
+    with pytest.raises(TypeError, match=r"^k must be a torch.Tensor, got NoneType$"):
+        rope(x, None)
     with pytest.raises(TypeError, match=r"^positions must be an integer torch.Tensor, got list$"):
         rope.cos_sin([0, 1])
 
@@ -411,7 +430,7 @@ def test_bias_bad_arguments() -> None:
         RelativePositionBias(2, num_buckets=3)
     with pytest.raises(ValueError, match=r"^max_distance must exceed the exact range 8, got 8$"):
         RelativePositionBias(2, num_buckets=32, max_distance=8)
-    with pytest.raises(TypeError, match=r"^k_positions must be an integer tensor \(torch.long\), got dtype torch.bool$"):
+    with pytest.raises(TypeError, match=r"^k_positions must be an integer tensor \(torch.long\), got dtype torch.bool"):
         alibi_bias(alibi_slopes(2), torch.arange(3), torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"^q_idx must have shape \(L,\), got \(1, 3\)$"):
         RelativePositionBias(2).buckets(torch.zeros(1, 3, dtype=torch.long), torch.arange(3))

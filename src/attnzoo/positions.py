@@ -152,25 +152,24 @@ class RotaryEmbedding(nn.Module):
             cos, sin = cos * self.attention_factor, sin * self.attention_factor
         return cos.to(dtype), sin.to(dtype)
 
-    def rotate(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
-        """Rotate `x` `(B, H, L, hs)` at `positions` `(L,)` or `(B, L)` (default `0 .. L-1`).
-
-        With `(L,)` positions any `(*, L, hs)` works. Returns a new tensor of `x`'s shape and
-        dtype; `x` is not modified.
-        """
-        check_tensor("x", x)
+    def _tables(self, x: Tensor, positions: Tensor | None, name: str = "x") -> tuple[Tensor, Tensor]:
+        """Check `x` (called `name`) and `positions`; cos and sin that broadcast against `x[..., :d]`."""
+        check_tensor(name, x)
         if x.dim() < 2 or x.size(-1) != self.head_dim:
-            raise ValueError(f"x must be (B, H, L, {self.head_dim}) (last size head_dim), got {tuple(x.shape)}")
+            raise ValueError(f"{name} must be (B, H, L, {self.head_dim}) (last size head_dim), got {tuple(x.shape)}")
         length = x.size(-2)
         if positions is None:
             positions = torch.arange(length, device=x.device)
         positions = _check_positions("positions", positions, length)
         if positions.dim() == 2 and (x.dim() != 4 or positions.size(0) not in (1, x.size(0))):
-            raise ValueError(f"positions (B, L) needs x of shape (B, H, L, hs) with the same B, got "
-                             f"positions {tuple(positions.shape)} and x {tuple(x.shape)}")
+            raise ValueError(f"positions (B, L) needs {name} of shape (B, H, L, hs) with the same B, got "
+                             f"positions {tuple(positions.shape)} and {name} {tuple(x.shape)}")
         cos, sin = self.cos_sin(positions.to(x.device), x.dtype)  # (L, d) or (B, L, d)
         if positions.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, d)
+        return cos, sin
+
+    def _turn(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         d = self.rotary_dim
         part, rest = x[..., :d], x[..., d:]
         if self.interleaved:
@@ -181,14 +180,29 @@ class RotaryEmbedding(nn.Module):
         out = part * cos + turned * sin
         return out if d == self.head_dim else torch.cat((out, rest), dim=-1)
 
+    def rotate(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Rotate `x` `(B, H, L, hs)` at `positions` `(L,)` or `(B, L)` (default `0 .. L-1`).
+
+        With `(L,)` positions any `(*, L, hs)` works. Returns a new tensor of `x`'s shape and
+        dtype; `x` is not modified.
+        """
+        return self._turn(x, *self._tables(x, positions))
+
     def forward(self, q: Tensor, k: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Rotate queries and keys `(B, H, L, hs)` (heads may differ: grouped keys) at the same
-        `positions` `(L,)` or `(B, L)`; call `rotate` twice when they sit at different positions
-        (keys of a cache)."""
-        return self.rotate(q, positions), self.rotate(k, positions)
+        `positions` `(L,)` or `(B, L)`; the tables are built once. Call `rotate` twice when they
+        sit at different positions (keys of a cache)."""
+        cos, sin = self._tables(q, positions, "q")
+        check_tensor("k", k)
+        same = k.dim() == q.dim() and k.shape[0] == q.shape[0] and k.shape[-2:] == q.shape[-2:]
+        if not same or k.dtype != q.dtype or k.device != q.device:  # k checked on its own
+            return self._turn(q, cos, sin), self._turn(k, *self._tables(k, positions, "k"))
+        return self._turn(q, cos, sin), self._turn(k, cos, sin)
 
 
-def alibi_slopes(num_heads: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def alibi_slopes(
+    num_heads: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> Tensor:
     """ALiBi's head slopes `(H,)`: `2^(-8h/n)`, `h = 1 .. n`, for `n = H` a power of two.
 
     Otherwise (BLOOM's rule, the paper's recipe): the `n` slopes of the largest power of
@@ -226,8 +240,9 @@ class RelativePositionBias(nn.Module):
     later ones share bucket 0), then logarithmically wider ones up to `max_distance`,
     beyond which all distances share the last bucket. The logarithm is taken in float32,
     as in Mesh TensorFlow and `transformers`, so the buckets (and pretrained T5 weights)
-    line up with theirs. The table is `relative_attention_bias`, an `nn.Embedding(
-    num_buckets, num_heads)` named as in T5, so its weights load unchanged.
+    line up with theirs. The table `relative_attention_bias` is an
+    `nn.Embedding(num_buckets, num_heads)` named as in T5, so its weights load unchanged.
+    It starts as `nn.Embedding` does, N(0, 1).
     """
 
     def __init__(self, num_heads: int, *, num_buckets: int = 32, max_distance: int = 128,
