@@ -10,6 +10,7 @@ output at position 4095 is far from exact there).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -362,6 +363,38 @@ def test_t5_bias_matches_compute_bias(decoder: bool) -> None:
     bias.double()
     got64 = bias(torch.arange(83, 90), torch.arange(90))
     assert got64.dtype == torch.float64 and torch.equal(got64, want.double())
+
+
+# ---------------------------------------------------------------- tracing and export
+
+
+class _Positions(torch.nn.Module):
+    """RoPE on q and k plus both biases, as an attention layer would use them."""
+
+    def __init__(self, scaling: dict | None) -> None:
+        super().__init__()
+        self.rope = RotaryEmbedding(16, rotary_dim=8, scaling=scaling, max_position_embeddings=6)
+        self.t5 = RelativePositionBias(2, num_buckets=8, max_distance=16)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q, k = self.rope(q, k, pos)
+        return q, k, alibi_bias(alibi_slopes(2), pos, pos), self.t5(pos, pos)
+
+
+@pytest.mark.parametrize("name", ["default", "dynamic", "yarn"])
+def test_jit_trace_and_export_equal_eager(name: str) -> None:
+    m = _Positions(SCHEMES[name])
+    args = (torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16), torch.arange(5))
+    longer = (torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16), torch.arange(9))  # dynamic: beyond 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", "`torch.jit.trace", DeprecationWarning)
+        traced = torch.jit.trace(m, args)
+    for got, want in zip(traced(*longer), m(*longer)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    exported = torch.export.export(m, args).module()
+    for got, want in zip(exported(*args), m(*args)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 # ---------------------------------------------------------------- bad input

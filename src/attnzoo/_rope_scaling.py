@@ -151,18 +151,19 @@ def inv_freq(
     max_position_embeddings: int,
     dtype: torch.dtype,
     device: torch.device | None = None,
-    seq_len: int | None = None,
+    seq_len: Tensor | None = None,
 ) -> Tensor:
-    """The `dim / 2` inverse frequencies, in `dtype`; `seq_len` matters for "dynamic" only."""
+    """The `dim / 2` inverse frequencies, in `dtype`; `seq_len` (an integer tensor, largest
+    position + 1) matters for "dynamic" only: beyond `max_position_embeddings` the base grows."""
     kind = cfg["rope_type"]
     if kind == "yarn":
         return _yarn(dim, base, cfg, dtype, device)
-    if kind == "dynamic" and seq_len is not None and seq_len > max_position_embeddings:
-        factor = cfg["factor"]
-        length = torch.tensor(seq_len, dtype=torch.int64, device=device).to(dtype)
-        grown = base * ((factor * length / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
-        return _plain(grown, dim, dtype, device)
     theta = _plain(base, dim, dtype, device)
+    if kind == "dynamic" and seq_len is not None:
+        factor = cfg["factor"]
+        length = seq_len.clamp(min=max_position_embeddings).to(device, dtype)  # no NaN where unused
+        grown = base * ((factor * length / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+        return torch.where(seq_len.to(device) > max_position_embeddings, _plain(grown, dim, dtype, device), theta)
     if kind == "linear":
         return theta / cfg["factor"]
     if kind == "llama3":

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_positive_int, check_tensor
+from ._checks import check_positive_int, check_tensor, is_tracing
 from ._rope_scaling import attention_factor, inv_freq, parse_scaling
 
 __all__ = ["RotaryEmbedding", "alibi_slopes", "alibi_bias", "RelativePositionBias"]
@@ -118,7 +118,7 @@ class RotaryEmbedding(nn.Module):
         self.attention_factor = attention_factor(self.scaling)
         self.register_buffer("inv_freq", self._inv_freq(torch.float32, None, None), persistent=False)
 
-    def _inv_freq(self, dtype: torch.dtype, device: torch.device | None, seq_len: int | None) -> Tensor:
+    def _inv_freq(self, dtype: torch.dtype, device: torch.device | None, seq_len: Tensor | None) -> Tensor:
         return inv_freq(self.scaling, self.rotary_dim, self.base, self.max_position_embeddings, dtype, device, seq_len)
 
     def extra_repr(self) -> str:
@@ -133,11 +133,12 @@ class RotaryEmbedding(nn.Module):
         default, `[θ_0, θ_0, θ_1, θ_1, ...]` interleaved; times YaRN's attention factor.
         Computed in float64 if `dtype` is float64, else in float32, then cast to `dtype`.
         """
-        positions = _check_positions("positions", positions)
+        if not is_tracing(positions):
+            _check_positions("positions", positions)
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        seq_len = None
-        if self.scaling["rope_type"] == "dynamic" and positions.numel():
-            seq_len = int(positions.max()) + 1
+        seq_len = None  # dynamic NTK: a tensor, compared on the device (no sync, exportable)
+        if self.scaling["rope_type"] == "dynamic" and (is_tracing(positions) or positions.numel()):
+            seq_len = positions.max() + 1
         if work == torch.float32 and seq_len is None and self.inv_freq.dtype == torch.float32:
             theta = self.inv_freq  # the buffer, unless a module.half() / .double() has cast it
         else:
@@ -153,17 +154,22 @@ class RotaryEmbedding(nn.Module):
         return cos.to(dtype), sin.to(dtype)
 
     def _tables(self, x: Tensor, positions: Tensor | None, name: str = "x") -> tuple[Tensor, Tensor]:
-        """Check `x` (called `name`) and `positions`; cos and sin that broadcast against `x[..., :d]`."""
-        check_tensor(name, x)
-        if x.dim() < 2 or x.size(-1) != self.head_dim:
-            raise ValueError(f"{name} must be (B, H, L, {self.head_dim}) (last size head_dim), got {tuple(x.shape)}")
-        length = x.size(-2)
+        """Check `x` (called `name`) and `positions`; cos and sin that broadcast against `x[..., :d]`.
+
+        The checks are skipped while traced (see `attnzoo._checks.is_tracing`)."""
+        traced = is_tracing(x)
+        if not traced:
+            check_tensor(name, x)
+            if x.dim() < 2 or x.size(-1) != self.head_dim:
+                raise ValueError(f"{name} must be (B, H, L, {self.head_dim}) (last size head_dim), "
+                                 f"got {tuple(x.shape)}")
         if positions is None:
-            positions = torch.arange(length, device=x.device)
-        positions = _check_positions("positions", positions, length)
-        if positions.dim() == 2 and (x.dim() != 4 or positions.size(0) not in (1, x.size(0))):
-            raise ValueError(f"positions (B, L) needs {name} of shape (B, H, L, hs) with the same B, got "
-                             f"positions {tuple(positions.shape)} and {name} {tuple(x.shape)}")
+            positions = torch.arange(x.size(-2), device=x.device)
+        elif not traced:
+            _check_positions("positions", positions, x.size(-2))
+            if positions.dim() == 2 and (x.dim() != 4 or positions.size(0) not in (1, x.size(0))):
+                raise ValueError(f"positions (B, L) needs {name} of shape (B, H, L, hs) with the same B, got "
+                                 f"positions {tuple(positions.shape)} and {name} {tuple(x.shape)}")
         cos, sin = self.cos_sin(positions.to(x.device), x.dtype)  # (L, d) or (B, L, d)
         if positions.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, d)
@@ -193,8 +199,11 @@ class RotaryEmbedding(nn.Module):
         `positions` `(L,)` or `(B, L)`; the tables are built once. Call `rotate` twice when they
         sit at different positions (keys of a cache)."""
         cos, sin = self._tables(q, positions, "q")
-        check_tensor("k", k)
-        same = k.dim() == q.dim() and k.shape[0] == q.shape[0] and k.shape[-2:] == q.shape[-2:]
+        if is_tracing(k):
+            same = True
+        else:
+            check_tensor("k", k)
+            same = k.dim() == q.dim() and k.shape[0] == q.shape[0] and k.shape[-2:] == q.shape[-2:]
         if not same or k.dtype != q.dtype or k.device != q.device:  # k checked on its own
             return self._turn(q, cos, sin), self._turn(k, *self._tables(k, positions, "k"))
         return self._turn(q, cos, sin), self._turn(k, cos, sin)
@@ -211,9 +220,9 @@ def alibi_slopes(
     """
     check_positive_int("num_heads", num_heads)
     n = 2 ** int(math.floor(math.log2(num_heads)))
-    first = [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
-    extra = [2.0 ** (-4.0 * (2 * j - 1) / n) for j in range(1, num_heads - n + 1)]
-    return torch.tensor(first + extra, dtype=torch.float64, device=device).to(dtype)
+    h = torch.arange(1, n + 1, dtype=torch.float64, device=device)  # (n,)
+    j = torch.arange(1, num_heads - n + 1, dtype=torch.float64, device=device)  # (H - n,)
+    return torch.cat((2.0 ** (-8.0 * h / n), 2.0 ** (-4.0 * (2 * j - 1) / n))).to(dtype)  # (H,)
 
 
 def alibi_bias(slopes: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tensor:
@@ -224,9 +233,10 @@ def alibi_bias(slopes: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tens
     keys a causal query sees. BLOOM adds `m j` instead, which differs by a constant per row
     and so gives the same softmax.
     """
-    check_tensor("slopes", slopes, 1)
-    q_positions = _check_positions("q_positions", q_positions, ndim=(1,))
-    k_positions = _check_positions("k_positions", k_positions, ndim=(1,))
+    if not is_tracing(slopes):
+        check_tensor("slopes", slopes, 1)
+        _check_positions("q_positions", q_positions, ndim=(1,))
+        _check_positions("k_positions", k_positions, ndim=(1,))
     distance = k_positions.to(slopes.device)[None, :] - q_positions.to(slopes.device)[:, None]  # (Lq, Lk)
     return slopes[:, None, None] * distance.to(slopes.dtype)  # (H, Lq, Lk)
 
@@ -269,8 +279,9 @@ class RelativePositionBias(nn.Module):
 
     def buckets(self, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         """Bucket of every (query, key) pair: long `(Lq, Lk)` from indices `(Lq,)`, `(Lk,)`."""
-        q_idx = _check_positions("q_idx", q_idx, ndim=(1,))
-        kv_idx = _check_positions("kv_idx", kv_idx, ndim=(1,))
+        if not is_tracing(q_idx):
+            _check_positions("q_idx", q_idx, ndim=(1,))
+            _check_positions("kv_idx", kv_idx, ndim=(1,))
         distance = kv_idx.to(torch.long)[None, :] - q_idx.to(kv_idx.device, torch.long)[:, None]  # (Lq, Lk)
         if self.bidirectional:
             per_side = self.num_buckets // 2
