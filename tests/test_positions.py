@@ -397,6 +397,28 @@ def test_jit_trace_and_export_equal_eager(name: str) -> None:
         torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
+class _Rope(torch.nn.Module):
+    def __init__(self, rope: RotaryEmbedding) -> None:
+        super().__init__()
+        self.rope = rope
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rope(q, k, pos)
+
+
+@pytest.mark.parametrize("name", ["default", "dynamic", "yarn"])
+def test_fx_symbolic_trace_equals_eager(name: str) -> None:
+    """Under FX the rank and dtype of q are unknown: (B, H, L, hs) and float32 tables."""
+    m = _Positions(SCHEMES[name])
+    q, k = torch.randn(2, 2, 9, 16), torch.randn(2, 1, 9, 16)
+    for got, want in zip(torch.fx.symbolic_trace(m)(q, k, torch.arange(9)), m(q, k, torch.arange(9))):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    rope = _Rope(m.rope)
+    pos = torch.randint(0, 20, (2, 9))  # (B, L)
+    for got, want in zip(torch.fx.symbolic_trace(rope)(q, k, pos), rope(q, k, pos)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 # ---------------------------------------------------------------- bad input
 
 

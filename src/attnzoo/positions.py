@@ -135,7 +135,10 @@ class RotaryEmbedding(nn.Module):
         """
         if not is_tracing(positions):
             _check_positions("positions", positions)
-        work = torch.float64 if dtype == torch.float64 else torch.float32
+        cos, sin = self._cos_sin(positions, torch.float64 if dtype == torch.float64 else torch.float32)
+        return cos.to(dtype), sin.to(dtype)
+
+    def _cos_sin(self, positions: Tensor, work: torch.dtype) -> tuple[Tensor, Tensor]:
         seq_len = None  # dynamic NTK: a tensor, compared on the device (no sync, exportable)
         if self.scaling["rope_type"] == "dynamic" and (is_tracing(positions) or positions.numel()):
             seq_len = positions.max() + 1
@@ -151,21 +154,23 @@ class RotaryEmbedding(nn.Module):
         cos, sin = angles.cos(), angles.sin()
         if self.attention_factor != 1.0:
             cos, sin = cos * self.attention_factor, sin * self.attention_factor
-        return cos.to(dtype), sin.to(dtype)
+        return cos, sin
 
     def _tables(self, x: Tensor, positions: Tensor | None, name: str = "x") -> tuple[Tensor, Tensor]:
         """Check `x` (called `name`) and `positions`; cos and sin that broadcast against `x[..., :d]`.
 
-        The checks are skipped while traced (see `attnzoo._checks.is_tracing`)."""
-        traced = is_tracing(x)
-        if not traced:
+        The checks are skipped while traced (see `attnzoo._checks.is_tracing`). Under FX the
+        dtype and rank of `x` are unknown: `x` is taken as `(B, H, L, hs)`, tables as float32."""
+        if positions is None:
+            positions = torch.arange(x.size(-2), device=x.device)
+        if isinstance(x, torch.fx.Proxy):
+            cos, sin = self._cos_sin(positions.to(x.device), torch.float32)  # (L, d) or (B, L, d)
+            return cos.to(x.dtype).unsqueeze(-3), sin.to(x.dtype).unsqueeze(-3)  # (1 or B, 1, L, d)
+        if not is_tracing(x):
             check_tensor(name, x)
             if x.dim() < 2 or x.size(-1) != self.head_dim:
                 raise ValueError(f"{name} must be (B, H, L, {self.head_dim}) (last size head_dim), "
                                  f"got {tuple(x.shape)}")
-        if positions is None:
-            positions = torch.arange(x.size(-2), device=x.device)
-        elif not traced:
             _check_positions("positions", positions, x.size(-2))
             if positions.dim() == 2 and (x.dim() != 4 or positions.size(0) not in (1, x.size(0))):
                 raise ValueError(f"positions (B, L) needs {name} of shape (B, H, L, hs) with the same B, got "
@@ -199,12 +204,15 @@ class RotaryEmbedding(nn.Module):
         `positions` `(L,)` or `(B, L)`; the tables are built once. Call `rotate` twice when they
         sit at different positions (keys of a cache)."""
         cos, sin = self._tables(q, positions, "q")
-        if is_tracing(k):
-            same = True
+        if isinstance(k, torch.fx.Proxy):
+            separate = False
+        elif is_tracing(k):
+            separate = k.dtype != q.dtype or k.device != q.device
         else:
             check_tensor("k", k)
             same = k.dim() == q.dim() and k.shape[0] == q.shape[0] and k.shape[-2:] == q.shape[-2:]
-        if not same or k.dtype != q.dtype or k.device != q.device:  # k checked on its own
+            separate = not same or k.dtype != q.dtype or k.device != q.device
+        if separate:  # k checked on its own, tables in its dtype
             return self._turn(q, cos, sin), self._turn(k, *self._tables(k, positions, "k"))
         return self._turn(q, cos, sin), self._turn(k, cos, sin)
 
@@ -233,7 +241,7 @@ def alibi_bias(slopes: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tens
     keys a causal query sees. BLOOM adds `m j` instead, which differs by a constant per row
     and so gives the same softmax.
     """
-    if not is_tracing(slopes):
+    if not any(is_tracing(t) for t in (slopes, q_positions, k_positions)):
         check_tensor("slopes", slopes, 1)
         _check_positions("q_positions", q_positions, ndim=(1,))
         _check_positions("k_positions", k_positions, ndim=(1,))
@@ -279,7 +287,7 @@ class RelativePositionBias(nn.Module):
 
     def buckets(self, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         """Bucket of every (query, key) pair: long `(Lq, Lk)` from indices `(Lq,)`, `(Lk,)`."""
-        if not is_tracing(q_idx):
+        if not (is_tracing(q_idx) or is_tracing(kv_idx)):
             _check_positions("q_idx", q_idx, ndim=(1,))
             _check_positions("kv_idx", kv_idx, ndim=(1,))
         distance = kv_idx.to(torch.long)[None, :] - q_idx.to(kv_idx.device, torch.long)[:, None]  # (Lq, Lk)
