@@ -61,11 +61,12 @@ class RotaryEmbedding(nn.Module):
     (`rope_parameters`) dict, with key `"rope_type"` (or `"type"`):
 
     * `{"rope_type": "linear", "factor": s}`: position interpolation, `θ_i / s`.
-    * `{"rope_type": "dynamic", "factor": s}`: dynamic NTK. While the largest position in
-      the call is below `max_position_embeddings` the table is the plain one; beyond, the
-      base grows to `base (s L / max_position_embeddings - s + 1)^(d / (d - 2))` with `L` =
-      largest position + 1 of this call. Stateless: `transformers` keeps the largest table
-      it has seen until a call shorter than `max_position_embeddings` comes.
+    * `{"rope_type": "dynamic", "factor": s}`: dynamic NTK. With `L` = largest position + 1
+      of the call, the table is the plain one while `L <= max_position_embeddings`; beyond,
+      the base grows to `base (s L / max_position_embeddings - s + 1)^(d / (d - 2))`.
+      Stateless: `transformers` keeps the largest table it has seen until a call shorter
+      than `max_position_embeddings` comes. (Keys in a cache keep the table they were
+      rotated with, in `transformers` as here.)
     * `{"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
       "original_max_position_embeddings"}`: wavelengths shorter than `original / high` kept,
       longer than `original / low` divided by `factor`, the band between blended.
@@ -74,11 +75,15 @@ class RotaryEmbedding(nn.Module):
       NTK-by-parts with a linear ramp between pair indices `floor(low)` and `ceil(high)`,
       and cos and sin multiplied by the attention factor (default `0.1 ln s + 1`).
 
-    `original_max_position_embeddings` defaults to `max_position_embeddings`, as in
-    `transformers`. Tables are computed on demand (they cost `O(L rotary_dim)`, nothing next
-    to attention): in float64 for float64 inputs (exact), otherwise in float32 and then cast
-    to the input's dtype, as `transformers` does. `inv_freq` is a non-persistent float32
-    buffer (the unscaled-by-length frequencies) that follows `.to(device)`.
+    `max_position_embeddings` (default 2048) is the training length: dynamic NTK's
+    threshold and the default of `original_max_position_embeddings`, as in `transformers`.
+    Tables are computed on demand (they cost `O(L rotary_dim)`, nothing next to attention):
+    in float64 for float64 inputs (exact), otherwise in float32 and then cast to the
+    input's dtype, as `transformers` does. `inv_freq` is a non-persistent float32 buffer
+    (for dynamic NTK, the table up to `max_position_embeddings`) that follows `.to(device)`.
+    `torch.compile`, `torch.export` and `torch.jit.trace` see the same computation (dynamic
+    NTK picks its table with `torch.where`, no host sync); under FX symbolic tracing `q` is
+    taken as `(B, H, L, hs)` and the tables are float32.
 
     >>> import torch, attnzoo as az
     >>> rope = az.RotaryEmbedding(64)
