@@ -236,3 +236,57 @@ def test_core_never_imports_transformers():
     code = ("import sys, attnzoo, attnzoo.integrations, attnzoo.integrations.transformers\n"
             "assert 'transformers' not in sys.modules, 'imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_t5_relative_position_bias_encoder_decoder_and_cross_attention(calls):
+    """T5 passes its relative position bias as `position_bias` (right padding: no empty rows,
+    and T5's eager softmax runs in float64, so eager is an oracle at 1e-10 here)."""
+    cfg = transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+                                num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+                                pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(cfg).double().eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 64, (2, 11), generator=g)
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, 8:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    dec = torch.randint(3, 64, (2, 5), generator=g)
+    want = _run(model, "sdpa", inputs, decoder_input_ids=dec).logits
+    eager = _run(model, "eager", inputs, decoder_input_ids=dec, output_attentions=True)
+    got = _run(model, "attnzoo", inputs, decoder_input_ids=dec, output_attentions=True)
+    assert len(calls) == 2 + 2 * 2  # encoder self, decoder self and cross, per layer
+    torch.testing.assert_close(got.logits, want, rtol=0, atol=1e-10)
+    for kind in ("encoder_attentions", "decoder_attentions", "cross_attentions"):
+        for a, e in zip(getattr(got, kind), getattr(eager, kind), strict=True):
+            torch.testing.assert_close(a, e, rtol=0, atol=1e-10)
+    kw = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+    model.set_attn_implementation("sdpa")
+    tokens = model.generate(**inputs, **kw)
+    model.set_attn_implementation("attnzoo")
+    assert torch.equal(model.generate(**inputs, **kw), tokens)
+
+
+def test_register_gives_the_name_transformers_sdpa_masks():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    azt.register("attnzoo_test")
+    try:
+        assert AttentionInterface._global_mapping["attnzoo_test"] is azt.attention_forward
+        # without this, transformers would build no mask at all for an unknown name
+        assert AttentionMaskInterface._global_mapping["attnzoo_test"] is sdpa_mask
+    finally:
+        AttentionInterface._global_mapping.pop("attnzoo_test", None)
+        AttentionMaskInterface._global_mapping.pop("attnzoo_test", None)
+
+
+def test_dropout_acts_on_the_returned_weights():
+    q, k, v = _qkv()
+    torch.manual_seed(3)
+    out, w = azt.attention_forward(_Module(2), q, k, v, None, dropout=0.5, output_attentions=True)
+    kept = _formula(q, k, v, torch.full((5, 5), float("-inf"), dtype=torch.float64).triu(1))[1]
+    dropped = w == 0
+    assert dropped.any() and (~dropped & (kept > 0)).any()
+    torch.testing.assert_close(w[~dropped], 2 * kept[~dropped], rtol=0, atol=1e-12)  # kept ones scaled by 1/(1-p)
+    torch.testing.assert_close(out, (w @ v.repeat_interleave(2, 1)).transpose(1, 2), rtol=0, atol=1e-12)
