@@ -137,12 +137,14 @@ def test_output_attentions_from_the_config():
     torch.testing.assert_close(got.attentions[1][0], eager.attentions[1][0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral"])
-def test_generate_gives_the_sdpa_tokens(name, calls):
+@pytest.mark.parametrize("name,cache", [("llama", None), ("llama", "static"), ("mistral", None)])
+def test_generate_gives_the_sdpa_tokens(name, cache, calls):
     torch.manual_seed(0)
     model = MODELS[name](torch.float64).eval()
     inputs = _inputs(seq=6)
     kw = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    if cache is not None:  # prefill then sees more keys (the empty cache slots) than queries
+        kw["cache_implementation"] = cache
     model.set_attn_implementation("sdpa")
     want = model.generate(**inputs, **kw)
     model.set_attn_implementation("attnzoo")
@@ -150,6 +152,22 @@ def test_generate_gives_the_sdpa_tokens(name, calls):
     assert len(calls) == 2 * 8  # 2 layers x (prefill + 7 decoding steps)
     assert want.shape == (2, 14)  # 14 > window 4: the sliding window bites while decoding
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_training_gradients_equal_sdpa(weights):
+    torch.manual_seed(0)
+    model = _llama(torch.float64).train()
+    inputs = _inputs()
+    grads = {}
+    for impl in ("sdpa", "attnzoo"):
+        model.set_attn_implementation(impl)
+        model.zero_grad()
+        out = model(**inputs, labels=inputs["input_ids"], output_attentions=weights and impl == "attnzoo")
+        out.loss.backward()
+        grads[impl] = [p.grad for p in model.parameters()]
+    for a, b in zip(grads["attnzoo"], grads["sdpa"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
 class _Module(torch.nn.Module):  # what transformers hands the attention function
