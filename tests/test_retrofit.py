@@ -379,7 +379,7 @@ def three_blocks() -> nn.Module:
 
 def test_a_block_fx_cannot_trace_is_named_in_a_warning_or_an_error_when_strict():
     model = three_blocks()
-    with pytest.warns(az.retrofit.UntracedModuleWarning) as rec:
+    with pytest.warns(az.UntracedModuleWarning) as rec:
         az.add_attention(model, "se", reduction=2)
     assert [str(w.message) for w in rec] == [
         "add_attention(where='blocks') could not trace '1' (DataDependentBlock: TraceError) with torch.fx, "

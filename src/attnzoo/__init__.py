@@ -14,7 +14,7 @@ from .record import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
 from .spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
-from .retrofit import add_attention, find_attention
+from .retrofit import UntracedModuleWarning, add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -39,4 +39,5 @@ __all__ = [
     "TemporalAttention",
     "add_attention",
     "find_attention",
+    "UntracedModuleWarning",
 ]

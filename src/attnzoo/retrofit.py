@@ -8,10 +8,15 @@
 ``create_attention(kind, C, **kwargs)`` per place (kind "se", "channel", "spatial" or
 "cbam"; C = the channel count at that place) and applies it to the output there:
 a forward hook on the module whose output is gated replaces that output ``y`` by
-``gate(y)``. Gates act on (B, C, H, W) feature maps. C is read without a forward pass:
+``gate(y)``. Gates act on (B, C, *spatial) feature maps. C is read without a forward pass:
 a module's own ``out_channels``/``num_features``/``out_features``, else those of its last
 registered layer that has one (for a residual branch, the nearest such module upstream of
-the addition); if that reading is wrong, the first forward fails naming the place.
+the addition); if that reading is wrong, the first forward fails naming the place. The
+spatial rank follows the same layer (``Conv1d`` -> a gate built with ``dims=1``,
+``BatchNorm3d`` -> ``dims=3``); after a layer that does not tell (``GroupNorm``, ``Linear``)
+it is that of the convolutions of the block (or selected module), else of the whole model,
+when they all agree; otherwise pass ``dims=``. A module reached under two names (one conv
+shared by two blocks) gets one gate, which its hook applies once on each of its calls.
 
 Where (``where=``):
 
@@ -26,9 +31,13 @@ Where (``where=``):
   its class or child names (it finds the blocks of ``transformers``' ResNet and
   ConvNeXt, torchvision's and timm's layouts alike); names such as "shortcut" or
   "downsample" were not used because a block without a projection often has no such
-  child at all (ConvNeXt, or torchvision's ``downsample=None``).
-* ``"convs"``: after every ``nn.Conv2d``: the "add SE after every convolution" of the
-  attention survey (which warns that it may overfit).
+  child at all (ConvNeXt, or torchvision's ``downsample=None``). A module fx cannot
+  trace (data-dependent ``if``) gets no gate; when it may be a residual block (it holds no
+  block found and more than one conv, or one that keeps its channel count), an
+  ``UntracedModuleWarning`` names it, and ``strict=True`` makes that a ``ValueError``.
+  Untraceable stems, stages and model roots around found blocks are skipped silently.
+* ``"convs"``: after every convolution (``nn.Conv1d/2d/3d`` and transposed): the "add SE
+  after every convolution" of the attention survey (which warns that it may overfit).
 * a callable ``(qualified name, module) -> bool``: after every selected module.
 
 Init (``init=``): ``"default"`` keeps the gate's own initialisation (the gate then scales
@@ -44,7 +53,10 @@ Where the gate lives: as a child ``attnzoo_gate`` of the gated module, so the or
 parameter names (and pretrained state dicts) are unchanged; when the gated module is a
 container whose forward would run a new child (``nn.Sequential``, ``ModuleList``,
 ``ModuleDict``), the gate is a child of the nearest ancestor that is not one, named
-``attnzoo_gate_<path>``. ``find_attention(model)`` lists every attnzoo gate.
+``attnzoo_gate_<path>`` (``<path>`` is the gated module's path below it, dots made
+underscores). ``find_attention(model)`` lists every attnzoo gate by that name, which so
+says what it gates: ``a.b.attnzoo_gate`` gates ``a.b``, ``a.attnzoo_gate_layer_1`` gates
+``a.layer.1`` (in the ``nn.Sequential`` ``a.layer``).
 """
 
 from __future__ import annotations
@@ -99,7 +111,11 @@ class _ApplyGate:
 
 def find_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every attnzoo gate in ``model`` (SE, channel, spatial, CBAM; a CBAM's parts are not
-    listed separately), as ``(qualified name, module)`` in ``named_modules`` order."""
+    listed separately), as ``(qualified name, module)`` in ``named_modules`` order.
+
+    The name of a gate from ``add_attention`` says which module's output it gates:
+    ``a.b.attnzoo_gate`` gates ``a.b``; ``a.attnzoo_gate_layer_1`` gates ``a.layer.1``, a
+    module inside the container ``a.layer`` (``nn.Sequential``), so its gate lives in ``a``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     found: list[tuple[str, nn.Module]] = []
