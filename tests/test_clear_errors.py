@@ -8,7 +8,6 @@ import re
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import attnzoo as az
 from attnzoo.distributed import ShardLayout, ring_attention
@@ -42,16 +41,6 @@ def test_mha_masks_on_another_device(which, mask_dtype):
     layer = az.TransformerEncoderLayer(8, 2, 16, device=META)  # hands its masks to MultiHeadAttention
     with pytest.raises(ValueError, match="key_padding_mask is on device cpu but query is on meta"):
         layer(x, src_key_padding_mask=torch.zeros(2, 3, dtype=torch.bool))
-
-
-@pytest.fixture
-def one_rank_group():
-    """A one-process gloo group (an in-memory store: no port, no subprocess)."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("layout", [(6, 1), None, "zigzag"])
