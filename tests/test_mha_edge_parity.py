@@ -138,6 +138,7 @@ class LinearCount(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.filterwarnings("ignore:FSDP2-wrapped module")  # torch's note on any view output
 def test_self_attention_gemm_under_fsdp2_input_casts(one_rank_group):
     """FSDP2 with a param_dtype casts each forward argument on its own, so ``mha(x, x, x)``
     receives three tensors (three input GEMMs); ``mha(x)`` keeps the one-GEMM path."""
