@@ -54,7 +54,7 @@ parameter names (and pretrained state dicts) are unchanged; when the gated modul
 container whose forward would run a new child (``nn.Sequential``, ``ModuleList``,
 ``ModuleDict``), the gate is a child of the nearest ancestor that is not one, named
 ``attnzoo_gate_<path>`` (``<path>`` is the gated module's path below it, dots made
-underscores). ``find_attention(model)`` lists every attnzoo gate by that name, which so
+underscores). ``find_attention(model)`` lists every attnzoo gate by that name, and the name
 says what it gates: ``a.b.attnzoo_gate`` gates ``a.b``, ``a.attnzoo_gate_layer_1`` gates
 ``a.layer.1`` (in the ``nn.Sequential`` ``a.layer``).
 """
