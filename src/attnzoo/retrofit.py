@@ -55,8 +55,8 @@ container whose forward would run a new child (``nn.Sequential``, ``ModuleList``
 ``ModuleDict``), the gate is a child of the nearest ancestor that is not one, named
 ``attnzoo_gate_<path>`` (``<path>`` is the gated module's path below it, dots made
 underscores). ``find_attention(model)`` lists every attnzoo gate by that name, and the name
-says what it gates: ``a.b.attnzoo_gate`` gates ``a.b``, ``a.attnzoo_gate_layer_1`` gates
-``a.layer.1`` (in the ``nn.Sequential`` ``a.layer``).
+says what it gates: ``a.b.attnzoo_gate`` gates ``a.b``; ``a.attnzoo_gate_layer`` gates
+``a.layer``, an ``nn.Sequential`` (``a.attnzoo_gate_layer_1``: ``a.layer.1``, a nested one).
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def find_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
     listed separately), as ``(qualified name, module)`` in ``named_modules`` order.
 
     The name of a gate from ``add_attention`` says which module's output it gates:
-    ``a.b.attnzoo_gate`` gates ``a.b``; ``a.attnzoo_gate_layer_1`` gates ``a.layer.1``, a
-    module inside the container ``a.layer`` (``nn.Sequential``), so its gate lives in ``a``."""
+    ``a.b.attnzoo_gate`` gates ``a.b``; ``a.attnzoo_gate_layer`` gates ``a.layer``, a
+    container (``nn.Sequential``) that would run a child of its own as a layer, so its gate
+    lives in ``a``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     found: list[tuple[str, nn.Module]] = []
