@@ -15,7 +15,7 @@ from .kvcache import KVCache
 from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
 from .spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
-from .retrofit import add_attention, find_attention
+from .retrofit import UntracedModuleWarning, add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -44,4 +44,5 @@ __all__ = [
     "alibi_slopes",
     "alibi_bias",
     "RelativePositionBias",
+    "UntracedModuleWarning",
 ]
