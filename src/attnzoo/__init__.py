@@ -12,9 +12,10 @@ from .channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
 from .maps.recorder import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
+from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
 from .spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
-from .retrofit import add_attention, find_attention
+from .retrofit import UntracedModuleWarning, add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -39,4 +40,9 @@ __all__ = [
     "TemporalAttention",
     "add_attention",
     "find_attention",
+    "RotaryEmbedding",
+    "alibi_slopes",
+    "alibi_bias",
+    "RelativePositionBias",
+    "UntracedModuleWarning",
 ]
