@@ -11,11 +11,12 @@ from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .gates import BAM, ECA, SRM, CoordAttention, EffectiveSE, GatherExcite, TripletAttention
 from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
-from .record import AttentionMap, AttentionRecorder
+from .maps.recorder import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
+from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
 from .gates.spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
-from .retrofit import add_attention, find_attention
+from .retrofit import UntracedModuleWarning, add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -47,4 +48,9 @@ __all__ = [
     "TemporalAttention",
     "add_attention",
     "find_attention",
+    "RotaryEmbedding",
+    "alibi_slopes",
+    "alibi_bias",
+    "RelativePositionBias",
+    "UntracedModuleWarning",
 ]
