@@ -10,6 +10,7 @@ from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
+from .gates import GlobalContext, NonLocal, SelectiveKernel, SimAM, SplitAttention
 from .record import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
 from .spatial import CBAM, SpatialAttention
@@ -28,6 +29,11 @@ __all__ = [
     "ChannelAttention",
     "SpatialAttention",
     "CBAM",
+    "GlobalContext",
+    "NonLocal",
+    "SelectiveKernel",
+    "SplitAttention",
+    "SimAM",
     "create_attention",
     "available_attention",
     "TransformerEncoderLayer",

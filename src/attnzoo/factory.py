@@ -16,6 +16,7 @@ from torch import nn
 
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
+from .gates import GlobalContext, NonLocal, SelectiveKernel, SimAM, SplitAttention
 from .spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
 
@@ -30,6 +31,11 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "self": SelfAttention,
     "cross": CrossAttention,
     "temporal": TemporalAttention,
+    "gc": GlobalContext,
+    "nonlocal": NonLocal,
+    "sk": SelectiveKernel,
+    "splat": SplitAttention,
+    "simam": lambda channels, **kw: SimAM(**kw),
 }
 
 
