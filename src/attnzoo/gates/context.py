@@ -120,7 +120,8 @@ class NonLocal(nn.Module):
         v = self.g(x)  # (B, inter, *spatial)
         if self.pool is not None:
             k, v = self.pool(k), self.pool(v)  # (B, d, *pooled)
-        return q.flatten(2).transpose(1, 2), k.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
+        # last dim contiguous: torch's fused CPU kernel needs it (else it falls back to the math path)
+        return tuple(t.flatten(2).transpose(1, 2).contiguous() for t in (q, k, v))  # (B, N | M, d)
 
     def _scale(self, q: Tensor) -> float:
         return q.size(-1) ** -0.5 if self.use_scale else 1.0
@@ -155,7 +156,12 @@ class NonLocal(nn.Module):
         q, k, v = self._embed(xb)
         m = max(k.size(1), 1)
         if self.mode in ("embedded_gaussian", "gaussian"):
-            y = scaled_dot_product_attention(q, k, v, scale=self._scale(q))  # (B, N, inter)
+            # the fused kernels want (B, H, N, d) and, on CPU, as many value as key features
+            # ("gaussian": d = C > inter): v padded with zeros; no (N, M) matrix is formed
+            pad = q.size(-1) - v.size(-1)
+            v4 = F.pad(v, (0, pad))[:, None] if pad > 0 else v[:, None]  # (B, 1, M, d)
+            y = scaled_dot_product_attention(q[:, None], k[:, None], v4, scale=self._scale(q))  # (B, 1, N, d)
+            y = y[:, 0, :, : v.size(-1)]  # (B, N, inter)
         elif self.mode == "dot_product":
             y = q @ (k.transpose(1, 2) @ v) * (self._scale(q) / m)  # (B, N, d) @ (B, d, inter)
         else:
@@ -176,10 +182,14 @@ class NonLocal(nn.Module):
 
 
 class SpatialSoftmax(nn.Module):
-    """Softmax over all spatial positions of a (B, 1, *spatial) map, the same shape."""
+    """Softmax over all `dims` spatial positions of a (B, 1, *spatial) map, the same shape."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.dims = dims
 
     def forward(self, logits: Tensor) -> Tensor:
-        return F.softmax(logits.flatten(2), dim=-1).view_as(logits)  # (B, 1, N) -> (B, 1, *spatial)
+        return F.softmax(logits.flatten(-self.dims), dim=-1).view_as(logits)  # (B, 1, N) -> (B, 1, *spatial)
 
 
 class GlobalContext(nn.Module):
@@ -212,7 +222,7 @@ class GlobalContext(nn.Module):
         self.channels, self.reduction, self.hidden_channels, self.fusion = channels, reduction, hidden, fusion
         kw = {"device": device, "dtype": dtype}
         self.conv_mask = _CONVS[dims](channels, 1, 1, **kw)
-        self.gate_act = SpatialSoftmax()
+        self.gate_act = SpatialSoftmax(dims)
         self.fc1 = nn.Linear(channels, hidden, **kw)
         self.norm = nn.LayerNorm(hidden, **kw)
         self.act = nn.ReLU()
