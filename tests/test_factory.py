@@ -37,4 +37,6 @@ def test_unknown_name_lists_available():
         az.create_attention("eca", 8)
     with pytest.raises(TypeError, match="name must be a str"):
         az.create_attention(3, 8)
-    assert az.available_attention() == sorted(["se", "channel", "spatial", "cbam", "mha", "self", "cross", "temporal"])
+    assert az.available_attention() == sorted(
+        ["se", "channel", "spatial", "cbam", "mha", "self", "cross", "temporal", "gc", "nonlocal", "sk", "splat", "simam"]
+    )
