@@ -33,7 +33,7 @@ def test_kwargs_reach_the_module():
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(ValueError, match="unknown attention 'eca'.*cbam, channel, cross, mha, se, self, spatial, temporal"):
+    with pytest.raises(ValueError, match="unknown attention 'eca'.*cbam, channel, cross, gc, mha, nonlocal, se, self, simam, sk, spatial, splat, temporal"):
         az.create_attention("eca", 8)
     with pytest.raises(TypeError, match="name must be a str"):
         az.create_attention(3, 8)

@@ -80,7 +80,8 @@ class NonLocal(nn.Module):
         norm: BatchNorm after W, initialised to 0 (default); without it W starts at 0.
         use_scale: multiply theta . phi by d^(-1/2) (the official config's default); off.
         dims: spatial dimensions, 1 (sequences), 2 (images, default) or 3 (video).
-        device, dtype: the parameters'; inputs must share the dtype (or run under autocast).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must share it (or run under `torch.autocast`).
     """
 
     retrofit_error: str | None = None  # add_attention may put it after an existing layer
@@ -204,7 +205,8 @@ class GlobalContext(nn.Module):
         fusion: "add" (default, the paper's) or "mul".
         min_hidden: lower bound on the hidden width (default 1).
         dims: spatial dimensions of the input, 1, 2 (default) or 3.
-        device, dtype: the parameters'; inputs must share the dtype (or run under autocast).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must share it (or run under `torch.autocast`).
 
     The context softmax is the module `gate_act` (output (B, 1, *spatial)), so hooks on it
     see the map that `gate(x)` returns.

@@ -79,7 +79,8 @@ class SimAM(nn.Module):
             and ignored: SimAM has no parameters.
         e_lambda: lambda, the regulariser of the energy (default 1e-4, as in the paper).
         dims: spatial dimensions of the input, 1, 2 (default) or 3.
-        device, dtype: accepted for the common signature; there are no parameters.
+        device: accepted for the common signature; there are no parameters.
+        dtype: accepted for the common signature; there are no parameters.
 
     The sigmoid is the module `gate_act`, so hooks on it see the gate.
     """

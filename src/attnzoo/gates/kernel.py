@@ -132,7 +132,8 @@ class SelectiveKernel(_BranchAttention):
         min_hidden: L, the least hidden width (default 32, the paper's).
         stride: the stride of every branch (default 1).
         dims: spatial dimensions of the input, 1, 2 (default) or 3.
-        device, dtype: the parameters'; inputs must share the dtype (or run under autocast).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must share it (or run under `torch.autocast`).
     """
 
     def __init__(self, channels: int, reduction: int = 16, *, out_channels: int | None = None,
@@ -185,12 +186,16 @@ class SplitAttention(_BranchAttention):
         channels: C_in.
         reduction: the official `reduction_factor`; hidden width max(min_hidden, C_in * radix // reduction) (default 4).
         out_channels: C_out (default C_in).
-        kernel_size, stride, padding, dilation: of the conv (default 3, 1, kernel_size // 2, 1).
+        kernel_size: of the conv (default 3).
+        stride: of the conv (default 1).
+        padding: of the conv (default `kernel_size // 2`).
+        dilation: of the conv (default 1).
         radix: R, the splits per cardinal group (default 2).
         groups: the cardinality K (default 1); must divide C_in, C_out and the hidden width.
         min_hidden: the least hidden width (default 32, as the official code).
         dims: spatial dimensions of the input, 1, 2 (default) or 3.
-        device, dtype: the parameters'; inputs must share the dtype (or run under autocast).
+        device: where the parameters live.
+        dtype: the parameters' dtype; inputs must share it (or run under `torch.autocast`).
     """
 
     def __init__(self, channels: int, reduction: int = 4, *, out_channels: int | None = None, kernel_size: int = 3,
