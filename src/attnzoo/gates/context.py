@@ -20,7 +20,7 @@ block's own term, so either can replace a map `y` by `block(y)` (`add_attention`
   is t, shape (B, C, 1, ...).
 
 Memory: the non-local block never holds more than one (N, M) matrix per batch element.
-The Gaussian kinds run through `attnzoo.functional.scaled_dot_product_attention` with
+The Gaussian kinds run through attnzoo's attention path (`attnzoo.functional.sdpa`, the core of `scaled_dot_product_attention`) with
 scale 1 (the paper's softmax has no 1/sqrt(d)): torch's fused kernel, no (N, M) matrix at
 all, and `gate(x)` computes its weights block by block (`attention_weights`). The dot
 product is computed as `theta (phi^T g) / M`, by associativity: no (N, M) matrix either.
@@ -54,10 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_spatial_dims, refuse_torchscript
+from .._checks import check_spatial_dims, is_tracing, refuse_torchscript
 from ..channel import hidden_width
-from ..functional import attention_weights, scaled_dot_product_attention
-from .free import check_gate_input, is_unbatched
+from ..functional import attention_weights, sdpa
+from .free import check_gate_input, is_unbatched, with_spatial_ones
 
 __all__ = ["NonLocal", "GlobalContext", "NONLOCAL_MODES"]
 
@@ -65,6 +65,21 @@ _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _POOLS = {1: lambda: nn.MaxPool1d(2), 2: lambda: nn.MaxPool2d(2), 3: lambda: nn.MaxPool3d((1, 2, 2))}
 NONLOCAL_MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+
+
+def _gaussian_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, pad: int) -> Tensor:
+    """softmax(scale q k^T) v on the fused kernel: (B, N, d), (B, M, d), (B, M, e) -> (B, N, e).
+
+    The fused kernels want (B, H, N, d) and, on CPU, as many value as key features (the
+    "gaussian" kind has d = C > e): v is padded with `pad` = d - e zeros. No (N, M) matrix.
+    """
+    attend = F.scaled_dot_product_attention if torch.jit.is_tracing() else sdpa  # traced: no size checks
+    if pad == 0:
+        return attend(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]  # (B, N, e)
+    return attend(q[:, None], k[:, None], F.pad(v, (0, pad))[:, None], scale=scale)[:, 0, :, :-pad]  # (B, N, e)
+
+
+torch.fx.wrap("_gaussian_attention")  # FX records one call: attnzoo's sdpa branches on sizes
 
 
 class NonLocal(nn.Module):
@@ -124,12 +139,22 @@ class NonLocal(nn.Module):
         # last dim contiguous: torch's fused CPU kernel needs it (else it falls back to the math path)
         return tuple(t.flatten(2).transpose(1, 2).contiguous() for t in (q, k, v))  # (B, N | M, d)
 
-    def _scale(self, q: Tensor) -> float:
-        return q.size(-1) ** -0.5 if self.use_scale else 1.0
+    @staticmethod
+    def _keys(k: Tensor) -> int:
+        """M, the normaliser of the non-Gaussian kinds (1 for no keys: an empty map, 0 output)."""
+        return k.size(1) if is_tracing(k) else max(k.size(1), 1)
+
+    def _features(self) -> int:
+        """d, the features of theta and phi: C for "gaussian" (x itself), else inter_channels."""
+        return self.channels if self.theta is None else self.inter_channels
+
+    def _scale(self) -> float:
+        return self._features() ** -0.5 if self.use_scale else 1.0
 
     def _concat_scores(self, q: Tensor, k: Tensor) -> Tensor:
         """relu(a . theta_i + b . phi_j), (B, N, M): the one (N, M) matrix of this mode."""
-        a, b = self.concat_project.weight.view(2, -1)  # (d,), (d,)
+        w = self.concat_project.weight.view(2, -1)
+        a, b = w[0], w[1]  # (d,), (d,)
         s, t = (q @ a).unsqueeze(-1), (k @ b).unsqueeze(1)  # (B, N, 1), (B, 1, M)
         return (s + t).relu_()  # (B, N, M), in place: one matrix
 
@@ -144,30 +169,25 @@ class NonLocal(nn.Module):
         xb, unbatched = self._check(x)
         q, k, _ = self._embed(xb)
         if self.mode in ("embedded_gaussian", "gaussian"):
-            w = attention_weights(q, k, scale=self._scale(q))  # (B, N, M), block by block
+            w = attention_weights(q, k, scale=self._scale())  # (B, N, M), block by block
         elif self.mode == "dot_product":
-            w = q @ k.transpose(1, 2) * (self._scale(q) / max(k.size(1), 1))  # (B, N, M)
+            w = q @ k.transpose(1, 2) * (self._scale() / self._keys(k))  # (B, N, M)
         else:
-            w = self._concat_scores(q, k) / max(k.size(1), 1)
+            w = self._concat_scores(q, k) / self._keys(k)
         return w.squeeze(0) if unbatched else w
 
     def forward(self, x: Tensor) -> Tensor:
         """Return `x + BN(W y)`, the shape of `x`."""
         xb, unbatched = self._check(x)
         q, k, v = self._embed(xb)
-        m = max(k.size(1), 1)
+        m = self._keys(k)
         if self.mode in ("embedded_gaussian", "gaussian"):
-            # the fused kernels want (B, H, N, d) and, on CPU, as many value as key features
-            # ("gaussian": d = C > inter): v padded with zeros; no (N, M) matrix is formed
-            pad = q.size(-1) - v.size(-1)
-            v4 = F.pad(v, (0, pad))[:, None] if pad > 0 else v[:, None]  # (B, 1, M, d)
-            y = scaled_dot_product_attention(q[:, None], k[:, None], v4, scale=self._scale(q))  # (B, 1, N, d)
-            y = y[:, 0, :, : v.size(-1)]  # (B, N, inter)
+            y = _gaussian_attention(q, k, v, self._scale(), self._features() - self.inter_channels)  # (B, N, inter)
         elif self.mode == "dot_product":
-            y = q @ (k.transpose(1, 2) @ v) * (self._scale(q) / m)  # (B, N, d) @ (B, d, inter)
+            y = q @ (k.transpose(1, 2) @ v) * (self._scale() / m)  # (B, N, d) @ (B, d, inter)
         else:
             y = self._concat_scores(q, k) @ v / m  # (B, N, inter)
-        y = y.transpose(1, 2).reshape(xb.shape[0], self.inter_channels, *xb.shape[2:])  # (B, inter, *spatial)
+        y = y.transpose(1, 2).unflatten(2, xb.shape[2:])  # (B, inter, *spatial)
         z = self.W(y)
         z = xb + (z if self.bn is None else self.bn(z))
         return z.squeeze(0) if unbatched else z
@@ -254,7 +274,7 @@ class GlobalContext(nn.Module):
         w = self.gate(x)  # (B, 1, *spatial)
         context = (x.flatten(-self.dims) @ w.flatten(-self.dims).transpose(-1, -2)).squeeze(-1)  # (B, C, N) @ (B, N, 1) -> (B, C)
         t = self.fc2(self.act(self.norm(self.fc1(context))))  # (B, C)
-        return t.view(*t.shape, *(1,) * self.dims)  # (B, C, 1, ...)
+        return with_spatial_ones(t, self.dims)  # (B, C, 1, ...)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return `x + t` ("add") or `x * mul_scale * sigmoid(t)` ("mul"), the shape of `x`."""

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .._checks import check_dtype_matches, check_feature_map, check_spatial_dims, is_tracing, refuse_torchscript
 
-__all__ = ["SimAM", "check_gate_input"]
+__all__ = ["SimAM", "check_gate_input", "is_unbatched", "with_spatial_ones"]
 
 
 def check_gate_input(
@@ -61,6 +61,13 @@ def check_gate_input(
         )
     if dtype is not None:
         check_dtype_matches("x", x, dtype, owner)
+
+
+def with_spatial_ones(t: Tensor, dims: int) -> Tensor:
+    """`t` with `dims` trailing dims of size 1: (B, C) -> (B, C, 1, ...) (traceable: no size reads)."""
+    for _ in range(dims):
+        t = t.unsqueeze(-1)
+    return t
 
 
 def is_unbatched(x: Tensor, dims: int) -> bool:
@@ -111,7 +118,8 @@ class SimAM(nn.Module):
         check_gate_input(x, type(self).__name__, self.dims)
         spatial = tuple(range(-self.dims, 0))
         d = (x - x.mean(spatial, keepdim=True)).square()  # (B, C, *spatial)
-        n = max(x.shape[-self.dims :].numel() - 1, 1)  # one position: a variance of 0, not 0/0
+        n = x.shape[-self.dims :].numel() - 1
+        n = n if is_tracing(x) else max(n, 1)  # one position: a variance of 0, not 0/0
         var = d.sum(spatial, keepdim=True) / n  # (B, C, 1, ...)
         return d / (4 * (var + self.e_lambda)) + 0.5
 

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from .._checks import check_positive_int, check_spatial_dims, refuse_torchscript
 from ..channel import hidden_width
-from .free import check_gate_input, is_unbatched
+from .free import check_gate_input, is_unbatched, with_spatial_ones
 
 __all__ = ["SelectiveKernel", "SplitAttention"]
 
@@ -102,7 +102,7 @@ class _BranchAttention(nn.Module):
         """Branch weights a, (B, R, C_out, 1, ...) ((R, C_out, 1, ...) unbatched)."""
         xb, unbatched = self._batched(x)
         a = self._softmax(self._branches_and_logits(xb)[1])  # (B, R, C_out)
-        a = a.view(*a.shape, *(1,) * self.dims)  # (B, R, C_out, 1, ...)
+        a = with_spatial_ones(a, self.dims)  # (B, R, C_out, 1, ...)
         return a.squeeze(0) if unbatched else a
 
     def forward(self, x: Tensor) -> Tensor:
@@ -110,7 +110,7 @@ class _BranchAttention(nn.Module):
         xb, unbatched = self._batched(x)
         u, logits = self._branches_and_logits(xb)
         a = self._softmax(logits)  # (B, R, C_out)
-        out = (u * a.view(*a.shape, *(1,) * self.dims)).sum(1)  # (B, C_out, *spatial')
+        out = (u * with_spatial_ones(a, self.dims)).sum(1)  # (B, C_out, *spatial')
         return out.squeeze(0) if unbatched else out
 
     def __prepare_scriptable__(self) -> nn.Module:
@@ -169,7 +169,7 @@ class SelectiveKernel(_BranchAttention):
         u = torch.stack([branch(x) for branch in self.convs], dim=1)  # (B, M, C_out, *spatial')
         s = u.sum(1).mean(tuple(range(2, 2 + self.dims)))  # fuse, then pool: (B, C_out)
         z = self.act(self.bn(self.fc1(s)))  # (B, d)
-        return u, self.fc2(z).view(x.shape[0], self.branches, self.out_channels)  # (B, M, C_out)
+        return u, self.fc2(z).unflatten(1, (self.branches, self.out_channels))  # (B, M, C_out)
 
     def extra_repr(self) -> str:
         dims = f", dims={self.dims}" if self.dims != 2 else ""
@@ -225,13 +225,13 @@ class SplitAttention(_BranchAttention):
         return self.conv.weight.dtype
 
     def _branches_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        b, r, k, c = x.shape[0], self.radix, self.groups, self.out_channels
+        r, k, c = self.radix, self.groups, self.out_channels
         u = self.act0(self.bn0(self.conv(x)))  # (B, R * C_out, *spatial')
-        u = u.view(b, r, c, *u.shape[2:])  # (B, R, C_out, *spatial'): split r is channels [r C_out, (r+1) C_out)
+        u = u.unflatten(1, (r, c))  # (B, R, C_out, *spatial'): split r is channels [r C_out, (r+1) C_out)
         s = u.sum(1).mean(tuple(range(2, 2 + self.dims)), keepdim=False).unsqueeze(-1)  # (B, C_out, 1)
         logits = self.fc2(self.act1(self.bn1(self.fc1(s))))  # (B, R * C_out, 1), grouped by cardinality
-        logits = logits.view(b, k, r, c // k).transpose(1, 2)  # (B, R, K, C_out / K)
-        return u, logits.reshape(b, r, c)  # (B, R, C_out)
+        logits = logits.squeeze(-1).unflatten(1, (k, r, c // k)).transpose(1, 2)  # (B, R, K, C_out / K)
+        return u, logits.flatten(2)  # (B, R, C_out)
 
     def _softmax(self, logits: Tensor) -> Tensor:
         return torch.softmax(logits, dim=1) if self.radix > 1 else torch.sigmoid(logits)
