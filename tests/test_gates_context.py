@@ -221,6 +221,12 @@ def test_nonlocal_rejects_bad_arguments():
         NonLocal(8)(rand(2, 8, 4, 4))
     with pytest.raises(ValueError, match="reduction must be a positive int, got 0"):
         NonLocal(8, 0)
+    with pytest.raises(ValueError, match=r"x must have spatial sizes of at least 1 for NonLocal, got shape \(2, 8, 0, 4\)"):
+        NonLocal(8)(torch.randn(2, 8, 0, 4))
+    with pytest.raises(ValueError, match=r"x must have at least 2 positions along each pooled dim \(H, W\) for "
+                                         r"NonLocal\(sub_sample=True\), got shape \(2, 8, 1, 3, 1\)"):
+        NonLocal(8, sub_sample=True, dims=3)(torch.randn(2, 8, 1, 3, 1))
+    assert NonLocal(8, sub_sample=True, dims=3)(torch.randn(2, 8, 1, 2, 2)).shape == (2, 8, 1, 2, 2)  # T = 1 is fine
 
 
 # ----------------------------------------------------------------------------- global context
@@ -296,6 +302,8 @@ def test_gc_rejects_bad_arguments():
         GlobalContext(8)(torch.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match=r"dims must be 1, 2 or 3 \(spatial dimensions\), got 4"):
         GlobalContext(8, dims=4)
+    with pytest.raises(ValueError, match=r"x must have spatial sizes of at least 1 for GlobalContext, got shape \(8, 3, 0\)"):
+        GlobalContext(8)(torch.randn(8, 3, 0))
 
 
 # ----------------------------------------------------------------------------- both: factory, compile, export, autocast

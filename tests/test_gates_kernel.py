@@ -183,6 +183,8 @@ def test_rejects_bad_arguments():
         SplitAttention(32)(torch.randn(2, 8, 4, 4))
     with pytest.raises(TypeError, match="x has dtype torch.float64 but SelectiveKernel parameters are torch.float32"):
         SelectiveKernel(32)(rand(2, 32, 4, 4))
+    with pytest.raises(ValueError, match=r"x must have spatial sizes of at least 1 for SplitAttention, got shape \(2, 32, 0\)"):
+        SplitAttention(32, dims=1)(torch.randn(2, 32, 0))
 
 
 def test_factory_keys():

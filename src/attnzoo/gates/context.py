@@ -26,6 +26,9 @@ all, and `gate(x)` computes its weights block by block (`attention_weights`). Th
 product is computed as `theta (phi^T g) / M`, by associativity: no (N, M) matrix either.
 The concatenation form holds one (B, N, M) matrix (`relu(a.theta_i + b.phi_j)`).
 
+Empty sizes: an empty batch gives an empty result; an empty spatial map is refused with a
+`ValueError` (torch's convs refuse it), as is a map that `sub_sample` cannot halve.
+
 Choices, compared with the papers and the official code
 -------------------------------------------------------
 Non-local: biases on every conv, BatchNorm after W with weight and bias 0 (the block starts
@@ -54,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_spatial_dims, is_tracing, refuse_torchscript
+from .._checks import SPATIAL_NAMES, check_spatial_dims, is_tracing, refuse_torchscript
 from ..channel import hidden_width
 from ..functional import attention_weights, sdpa
 from .free import check_gate_input, is_unbatched, with_spatial_ones
@@ -160,6 +163,10 @@ class NonLocal(nn.Module):
 
     def _check(self, x: Tensor) -> tuple[Tensor, bool]:
         check_gate_input(x, type(self).__name__, self.dims, self.channels, self.g.weight.dtype)
+        pooled = x.shape[-min(self.dims, 2) :]  # the dims sub-sampling halves (not time)
+        if self.sub_sample and not is_tracing(x) and min(pooled) < 2:
+            raise ValueError(f"x must have at least 2 positions along each pooled dim ({SPATIAL_NAMES[min(self.dims, 2)]}) "
+                             f"for NonLocal(sub_sample=True), got shape {tuple(x.shape)}")
         unbatched = is_unbatched(x, self.dims)
         return (x.unsqueeze(0) if unbatched else x), unbatched
 

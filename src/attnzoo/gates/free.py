@@ -46,9 +46,11 @@ __all__ = ["SimAM", "check_gate_input", "is_unbatched", "with_spatial_ones"]
 
 
 def check_gate_input(
-    x: Tensor, owner: str, dims: int, channels: int | None = None, dtype: torch.dtype | None = None
+    x: Tensor, owner: str, dims: int, channels: int | None = None, dtype: torch.dtype | None = None,
+    *, min_size: int = 1,
 ) -> None:
-    """Rank (B, C, *spatial) or (C, *spatial) with `dims` spatial dims, channel count, dtype.
+    """Rank (B, C, *spatial) or (C, *spatial) with `dims` spatial dims, channel count, dtype,
+    and (with `min_size` > 0) every spatial size at least `min_size` (convs refuse empty maps).
 
     Skipped while traced (see `attnzoo._checks.is_tracing`). Errors name `owner`.
     """
@@ -61,6 +63,10 @@ def check_gate_input(
         )
     if dtype is not None:
         check_dtype_matches("x", x, dtype, owner)
+    if min(x.shape[-dims:]) < min_size:
+        raise ValueError(
+            f"x must have spatial sizes of at least {min_size} for {owner}, got shape {tuple(x.shape)}"
+        )
 
 
 def with_spatial_ones(t: Tensor, dims: int) -> Tensor:
@@ -115,7 +121,7 @@ class SimAM(nn.Module):
 
     def inverse_energy(self, x: Tensor) -> Tensor:
         """1 / e* of every neuron, the shape of `x`; 1/2 plus the squared deviation term."""
-        check_gate_input(x, type(self).__name__, self.dims)
+        check_gate_input(x, type(self).__name__, self.dims, min_size=0)
         spatial = tuple(range(-self.dims, 0))
         d = (x - x.mean(spatial, keepdim=True)).square()  # (B, C, *spatial)
         n = x.shape[-self.dims :].numel() - 1
