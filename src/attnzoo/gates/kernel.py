@@ -23,7 +23,8 @@ sum to 1 over R.
   the radix inside each cardinal group (sigmoid for radix 1).
 
 `dims` (1, 2 or 3, default 2) picks Conv1d/2d/3d and BatchNorm1d/2d/3d for the branches, as
-for the other gates; unbatched (C_in, *spatial) inputs are accepted.
+for the other gates; unbatched (C_in, *spatial) inputs are accepted. An empty batch gives an
+empty result; an empty spatial map is refused with a `ValueError` (torch's convs refuse it).
 
 Choices, compared with the papers and the official code
 -------------------------------------------------------
