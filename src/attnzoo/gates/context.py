@@ -144,7 +144,7 @@ class NonLocal(nn.Module):
 
     @staticmethod
     def _keys(k: Tensor) -> int:
-        """M, the normaliser of the non-Gaussian kinds (1 for no keys: an empty map, 0 output)."""
+        """M, the normaliser of the non-Gaussian kinds (at least 1, so the division is safe)."""
         return k.size(1) if is_tracing(k) else max(k.size(1), 1)
 
     def _features(self) -> int:
@@ -156,7 +156,7 @@ class NonLocal(nn.Module):
 
     def _concat_scores(self, q: Tensor, k: Tensor) -> Tensor:
         """relu(a . theta_i + b . phi_j), (B, N, M): the one (N, M) matrix of this mode."""
-        w = self.concat_project.weight.view(2, -1)
+        w = self.concat_project.weight.view(2, -1)  # (1, 2d) -> (2, d): [a; b]
         a, b = w[0], w[1]  # (d,), (d,)
         s, t = (q @ a).unsqueeze(-1), (k @ b).unsqueeze(1)  # (B, N, 1), (B, 1, M)
         return (s + t).relu_()  # (B, N, M), in place: one matrix
