@@ -247,7 +247,7 @@ def test_unsupported_and_bad_arguments():
         az.add_attention(nn.Linear(3, 3), "se", where="convs")
     m = hf_resnet("basic")
     with pytest.raises(ValueError, match=r"kind must be one of \('se', 'channel', 'spatial', 'cbam', 'eca', 'ese', 'ge', 'coord', 'bam', "
-                       r"'triplet', 'srm'\), got 'mha'"):
+                       r"'triplet', 'srm', 'gc', 'nonlocal', 'simam'\), got 'mha'"):
         az.add_attention(m, "mha")
     with pytest.raises(ValueError, match="where must be 'blocks', 'convs' or a callable"):
         az.add_attention(m, "se", where="everywhere")
@@ -400,3 +400,31 @@ def test_hf_models_warn_nothing():
         warnings.simplefilter("error")
         for model in (hf_resnet("basic"), hf_resnet("bottleneck"), hf_convnext()):
             az.add_attention(model, "se", reduction=2, strict=True)
+
+
+@pytest.mark.parametrize("kind", ["gc", "nonlocal", "simam"])
+def test_context_and_free_gates_go_into_blocks(kind):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ResBlock(2), ResBlock(2)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    before = model(x)
+    init = "default" if kind == "simam" else "identity"
+    az.add_attention(model, kind, init=init)
+    assert len(az.find_attention(model)) == 2
+    if init == "identity":
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    else:
+        assert not torch.equal(model(x), before)
+
+
+def test_simam_refuses_an_identity_start():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ResBlock(2))
+    with pytest.raises(ValueError, match="SimAM"):
+        az.add_attention(model, "simam", init="identity")
+
+
+@pytest.mark.parametrize("kind", ["sk", "splat"])
+def test_conv_units_are_refused_by_add_attention(kind):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ResBlock(2))
+    with pytest.raises(ValueError, match=f"kind='{kind}': .* is a convolution unit"):
+        az.add_attention(model, kind)

@@ -12,6 +12,7 @@ from .gates import BAM, ECA, SRM, CoordAttention, EffectiveSE, GatherExcite, Tri
 from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
 from .maps.recorder import AttentionMap, AttentionRecorder
+from .gates import GlobalContext, NonLocal, SelectiveKernel, SimAM, SplitAttention
 from .kvcache import KVCache
 from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
 from .gates.spatial import CBAM, SpatialAttention
@@ -37,6 +38,11 @@ __all__ = [
     "CoordAttention",
     "BAM",
     "TripletAttention",
+    "GlobalContext",
+    "NonLocal",
+    "SelectiveKernel",
+    "SplitAttention",
+    "SimAM",
     "create_attention",
     "available_attention",
     "TransformerEncoderLayer",

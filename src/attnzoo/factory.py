@@ -18,7 +18,7 @@ from torch import nn
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .gates import (
     BAM, CBAM, ECA, SRM, ChannelAttention, CoordAttention, EffectiveSE, GatherExcite, SpatialAttention,
-    SqueezeExcite, TripletAttention,
+    SqueezeExcite, TripletAttention, GlobalContext, NonLocal, SelectiveKernel, SimAM, SplitAttention,
 )
 from .temporal import TemporalAttention
 
@@ -40,6 +40,11 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "self": SelfAttention,
     "cross": CrossAttention,
     "temporal": TemporalAttention,
+    "gc": GlobalContext,
+    "nonlocal": NonLocal,
+    "sk": SelectiveKernel,
+    "splat": SplitAttention,
+    "simam": lambda channels, **kw: SimAM(**kw),
 }
 
 

@@ -73,12 +73,15 @@ import torch
 from torch import Tensor, fx, nn
 
 from .factory import create_attention
-from .gates import GATES
+from .gates import GATES, SelectiveKernel, SplitAttention
 from .gates._act import ScaledSigmoid
 
 __all__ = ["add_attention", "find_attention", "ScaledSigmoid", "UntracedModuleWarning"]
 
-KINDS = ("se", "channel", "spatial", "cbam", "eca", "ese", "ge", "coord", "bam", "triplet", "srm")
+KINDS = ("se", "channel", "spatial", "cbam", "eca", "ese", "ge", "coord", "bam", "triplet", "srm", "gc", "nonlocal",
+         "simam")
+#: conv units that replace a convolution instead of gating one (their class says why)
+_CONV_UNITS = {"sk": SelectiveKernel, "splat": SplitAttention}
 INITS = ("default", "identity")
 GATE_TYPES = GATES
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -331,6 +334,8 @@ def add_attention(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(kind, str) and kind.lower() in _CONV_UNITS:
+        raise ValueError(f"kind={kind!r}: {_CONV_UNITS[kind.lower()].retrofit_error}")
     if not isinstance(kind, str) or kind.lower() not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not callable(where) and where not in ("blocks", "convs"):
