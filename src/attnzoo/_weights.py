@@ -9,10 +9,13 @@ The routes, by size and device:
 
 * small and unmasked: three ops (matmul, softmax, optional head mean);
 * CUDA with Triton, half precision, head-averaged, all rows, no autograd: the two kernels
-  of :mod:`attnzoo._triton_weights` (no per-head scores stored);
+  of `attnzoo._triton_weights` (no per-head scores stored);
 * otherwise blocks of query rows sized from a per-device budget, heads summed per block.
+  With ``is_causal`` (all rows), the block of rows ``[r0, r1)`` scores only keys
+  ``[0, min(S, r1))``: the rest of its weights rows is written as 0, never computed, and
+  its output comes from those keys alone, so NaN/Inf stored at later keys stays out of it.
 
-:func:`weights_and_output` also returns ``weights @ value`` (*, L, Ev) from the same
+`weights_and_output` also returns ``weights @ value`` (*, L, Ev) from the same
 blocks: the output of attention with a single score pass.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import _triton_weights
@@ -63,7 +67,7 @@ def attention_weights(
     """softmax(Q Kᵀ · scale + mask) for the chosen query rows, one block of rows at a time.
 
     On CUDA with Triton installed, head-averaged weights of all rows without autograd come
-    from :mod:`attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
+    from `attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
 
     Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
     ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
@@ -133,17 +137,26 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
     block = max(1, budget // max(1, math.prod(batch) * S))
     inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
 
-    def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, S) in acc
-        scores = torch.matmul(q[..., b0:b1, :], kt, out=out)  # (*, R_blk, S)
+    def keys(b0: int, b1: int) -> int:  # the block's keys: causal rows b0..b1-1 see none past b1-1
+        return min(S, b1) if is_causal and index is None else S
+
+    def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, keys(b0, b1)) in acc
+        s1 = keys(b0, b1)
+        scores = torch.matmul(q[..., b0:b1, :], kt[..., :s1], out=out)  # (*, R_blk, s1)
         blocked = None  # True where a query may not attend
         if mask is not None:
-            m = mask if mask.size(-2) == 1 else mask[..., b0:b1, :]
+            m = mask[..., :s1] if mask.size(-2) == 1 else mask[..., b0:b1, :s1]
             if m.dtype != torch.bool:
                 scores = scores.add_(m) if inplace else scores + m
             blocked = ~m if m.dtype == torch.bool else m.isneginf()
+        if is_causal and mask is None and index is None and not grad:
+            # causal alone: all rows of the block see keys 0..b0; only the square after b0 has a future
+            future = torch.ones(b1 - b0, max(0, s1 - b0), dtype=torch.bool, device=q.device).triu_(1)
+            scores[..., b0:s1].masked_fill_(future, -math.inf)  # (*, R_blk, s1 - b0) of the fresh scores
+            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
         if is_causal:
             if index is None:  # query row b0+i sees keys 0..b0+i
-                future = torch.ones(b1 - b0, S, dtype=torch.bool, device=q.device).triu_(b0 + 1)
+                future = torch.ones(b1 - b0, s1, dtype=torch.bool, device=q.device).triu_(b0 + 1)
             else:
                 future = torch.arange(S, device=q.device) > index[b0:b1, None]  # (R_blk, S)
             blocked = future if blocked is None else blocked | future
@@ -159,18 +172,21 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
         w = torch.softmax(scores.masked_fill(blocked, -math.inf).masked_fill(empty, 0.0), dim=-1)
         return w.masked_fill(empty, 0.0)  # zero weights, zero gradient
 
-    def output(w: Tensor) -> Tensor | None:  # (*, R_blk, Ev) in value's dtype
-        return None if v is None else torch.matmul(w, v).to(value.dtype)
+    def output(w: Tensor) -> Tensor | None:  # (*, R_blk, Ev) in value's dtype, from the block's keys only
+        return None if v is None else torch.matmul(w, v[..., : w.size(-1), :]).to(value.dtype)
+
+    def full(w: Tensor) -> Tensor:  # (..., R_blk, s1) -> (..., R_blk, S): the unseen keys' weights are 0
+        return w if w.size(-1) == S else F.pad(w, (0, S - w.size(-1)))
 
     if n_rows <= block:  # one block: no loop, no buffers
         w = weights(0, n_rows, None)
-        return output(w), (_head_mean(w) if average_heads else w).to(query.dtype)
+        return output(w), full(_head_mean(w) if average_heads else w).to(query.dtype)
     if grad:
         blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
         out = None if v is None else torch.cat([output(w) for w in blocks], dim=-2)
         if average_heads:
             blocks = [w.sum(dim=-3) for w in blocks]  # head sums; divided once, at the end
-        res = torch.cat(blocks, dim=-2)
+        res = torch.cat([full(w) for w in blocks], dim=-2)
         return out, (res / heads if average_heads else res).to(query.dtype)
     # Without autograd every block reuses one scores buffer and goes straight into one
     # preallocated result: no per-block allocations, no cat.
@@ -180,14 +196,17 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
     buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
     for b0 in range(0, n_rows, block):
         b1 = min(n_rows, b0 + block)
-        view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * S].view(*batch, b1 - b0, S)
+        s1 = keys(b0, b1)
+        view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * s1].view(*batch, b1 - b0, s1)
         w = weights(b0, b1, view)
         if out is not None:
-            out[..., b0:b1, :] = torch.matmul(w, v)
+            out[..., b0:b1, :] = torch.matmul(w, v[..., :s1, :])
+        if s1 < S:  # keys after the block's last row: exactly 0, never computed
+            res[..., b0:b1, s1:] = 0
         if average_heads and w.dtype == res.dtype:
-            torch.sum(w, dim=-3, out=res[..., b0:b1, :])  # straight into the result, no temporary
+            torch.sum(w, dim=-3, out=res[..., b0:b1, :s1])  # straight into the result, no temporary
         else:
-            res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
+            res[..., b0:b1, :s1] = w.sum(dim=-3) if average_heads else w
     return out, (res.div_(heads) if average_heads else res)
 
 
@@ -206,7 +225,7 @@ def _output_buffer(v: Tensor, batch: tuple[int, ...], rows: int, dtype: torch.dt
 
 
 def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
-    """Whether :mod:`attnzoo._triton_weights` computes these head-averaged weights: CUDA
+    """Whether `attnzoo._triton_weights` computes these head-averaged weights: CUDA
     with Triton installed, all rows, no gradient wanted, not inside torch.compile."""
     return (
         average and rows is None and query.dim() >= 3 and _triton_weights.available(query)
