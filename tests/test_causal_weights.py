@@ -17,7 +17,7 @@ from attnzoo.functional import attention_reference, attention_weights, scaled_do
 
 D = torch.float64
 B, H, E, EV = 2, 3, 4, 5
-ROWS = 3  # query rows per block
+ROWS = 3  # query rows per block, where a row sees all S keys
 
 
 def qkv(L, S, dtype=D, seed=0):
@@ -42,7 +42,7 @@ def mask_of(kind, L, S, dtype):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Every call takes the blocked pass, ROWS query rows a block (B·H rows of S scores each)."""
+    """Every call takes the blocked pass, with at most B·H·ROWS·S scores a block."""
     monkeypatch.setattr(AW, "_SHARED_MAX_SCORES", {})
     monkeypatch.setattr(AW, "_SHARED_DEFAULT", 0)
 
@@ -113,7 +113,11 @@ def test_each_block_scores_only_the_keys_up_to_its_last_row(small_blocks, monkey
     monkeypatch.setattr(torch, "matmul", spy)
     with torch.set_grad_enabled(grad):
         AF.sdpa(q, k, v, mask, is_causal=True, need_weights=True, average_heads=average)
-    assert shapes == [(3, 3), (3, 6), (3, 9), (1, 10)]  # blocks [0,3) [3,6) [6,9) [9,10)
+    ends = [sum(r for r, _ in shapes[: i + 1]) for i in range(len(shapes))]  # each block's last row + 1
+    assert ends[-1] == L and len(shapes) > 1
+    assert [s1 for _, s1 in shapes] == [min(S, b1) for b1 in ends]  # keys [0, b1) only
+    assert all(r * s1 <= ROWS * S for r, s1 in shapes)  # no block above the budget
+    assert shapes[0][0] > ROWS  # early blocks, seeing fewer keys, take more rows
 
 
 @pytest.mark.parametrize("average", [False, True])

@@ -134,11 +134,15 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
     total = math.prod(batch) * n_rows * S  # the call's scores
     if total >= _GPU_SLICED_FROM and q.device.type != "cpu":  # long sequences: a 1/32 slice at a time
         budget = min(budget, total // _GPU_BLOCK_SLICES)
-    block = max(1, budget // max(1, math.prod(batch) * S))
     inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
+    staircase = is_causal and index is None  # rows b0..b1-1 see no key past b1-1
+    bounds = _row_blocks(n_rows, S, budget // max(1, math.prod(batch)), staircase)
+    # causal alone, no autograd: the (R_blk, R_blk) future square of a block, made once
+    tri = torch.ones(bounds[0][1], bounds[0][1], dtype=torch.bool, device=q.device).triu_(1) if (
+        staircase and mask is None and not grad) else None
 
-    def keys(b0: int, b1: int) -> int:  # the block's keys: causal rows b0..b1-1 see none past b1-1
-        return min(S, b1) if is_causal and index is None else S
+    def keys(b0: int, b1: int) -> int:  # the block's keys
+        return min(S, b1) if staircase else S
 
     def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, keys(b0, b1)) in acc
         s1 = keys(b0, b1)
@@ -149,10 +153,8 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
             if m.dtype != torch.bool:
                 scores = scores.add_(m) if inplace else scores + m
             blocked = ~m if m.dtype == torch.bool else m.isneginf()
-        if is_causal and mask is None and index is None and not grad:
-            # causal alone: all rows of the block see keys 0..b0; only the square after b0 has a future
-            future = torch.ones(b1 - b0, max(0, s1 - b0), dtype=torch.bool, device=q.device).triu_(1)
-            scores[..., b0:s1].masked_fill_(future, -math.inf)  # (*, R_blk, s1 - b0) of the fresh scores
+        if tri is not None:  # causal alone: all rows of the block see keys 0..b0, only the square after b0 has a future
+            scores[..., b0:s1].masked_fill_(tri[: b1 - b0, : max(0, s1 - b0)], -math.inf)  # (*, R_blk, s1 - b0)
             return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
         if is_causal:
             if index is None:  # query row b0+i sees keys 0..b0+i
@@ -178,11 +180,11 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
     def full(w: Tensor) -> Tensor:  # (..., R_blk, s1) -> (..., R_blk, S): the unseen keys' weights are 0
         return w if w.size(-1) == S else F.pad(w, (0, S - w.size(-1)))
 
-    if n_rows <= block:  # one block: no loop, no buffers
+    if len(bounds) == 1:  # one block: no loop, no buffers
         w = weights(0, n_rows, None)
         return output(w), full(_head_mean(w) if average_heads else w).to(query.dtype)
     if grad:
-        blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
+        blocks = [weights(b0, b1, None) for b0, b1 in bounds]
         out = None if v is None else torch.cat([output(w) for w in blocks], dim=-2)
         if average_heads:
             blocks = [w.sum(dim=-3) for w in blocks]  # head sums; divided once, at the end
@@ -193,13 +195,15 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
     res_batch = batch[:-1] if average_heads else batch
     res = q.new_empty(*res_batch, n_rows, S, dtype=query.dtype)
     out = None if v is None else _output_buffer(v, batch, n_rows, value.dtype)
-    buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
-    for b0 in range(0, n_rows, block):
-        b1 = min(n_rows, b0 + block)
+    largest = max((b1 - b0) * keys(b0, b1) for b0, b1 in bounds)  # scores of the largest block
+    buffer = q.new_empty(math.prod(batch) * largest) if inplace else None
+    for b0, b1 in bounds:
         s1 = keys(b0, b1)
         view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * s1].view(*batch, b1 - b0, s1)
         w = weights(b0, b1, view)
-        if out is not None:
+        if out is not None and out.dtype == w.dtype:
+            torch.matmul(w, v[..., :s1, :], out=out[..., b0:b1, :])  # straight into the output rows
+        elif out is not None:
             out[..., b0:b1, :] = torch.matmul(w, v[..., :s1, :])
         if s1 < S:  # keys after the block's last row: exactly 0, never computed
             res[..., b0:b1, s1:] = 0
@@ -208,6 +212,21 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
         else:
             res[..., b0:b1, :s1] = w.sum(dim=-3) if average_heads else w
     return out, (res.div_(heads) if average_heads else res)
+
+
+def _row_blocks(n_rows: int, S: int, cap: int, staircase: bool) -> list[tuple[int, int]]:
+    """Blocks ``[b0, b1)`` of query rows, each with at most ``cap`` scores per batch element.
+
+    A row sees all ``S`` keys, so a block has ``cap // S`` rows; on a causal staircase the
+    block ``[b0, b1)`` sees keys ``[0, min(S, b1))`` only, so early blocks take more rows:
+    the most ``R`` with ``R · (b0 + R) <= cap``.
+    """
+    bounds, b0, rows = [], 0, max(1, cap // max(1, S))
+    while b0 < n_rows:
+        r = max(rows, (math.isqrt(b0 * b0 + 4 * cap) - b0) // 2) if staircase else rows
+        bounds.append((b0, min(n_rows, b0 + r)))
+        b0 += r
+    return bounds or [(0, 0)]
 
 
 def _small(query: Tensor, S: int) -> bool:
