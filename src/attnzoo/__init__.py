@@ -8,14 +8,15 @@
 from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
 from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
-from .channel import ChannelAttention, SqueezeExcite
+from .gates import BAM, ECA, SRM, CoordAttention, EffectiveSE, GatherExcite, TripletAttention
+from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
-from .record import AttentionMap, AttentionRecorder
+from .maps.recorder import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
 from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
-from .spatial import CBAM, SpatialAttention
+from .gates.spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
-from .retrofit import add_attention, find_attention
+from .retrofit import UntracedModuleWarning, add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -29,6 +30,13 @@ __all__ = [
     "ChannelAttention",
     "SpatialAttention",
     "CBAM",
+    "ECA",
+    "EffectiveSE",
+    "SRM",
+    "GatherExcite",
+    "CoordAttention",
+    "BAM",
+    "TripletAttention",
     "create_attention",
     "available_attention",
     "TransformerEncoderLayer",
@@ -44,4 +52,5 @@ __all__ = [
     "alibi_slopes",
     "alibi_bias",
     "RelativePositionBias",
+    "UntracedModuleWarning",
 ]
