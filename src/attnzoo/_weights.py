@@ -9,10 +9,13 @@ The routes, by size and device:
 
 * small and unmasked: three ops (matmul, softmax, optional head mean);
 * CUDA with Triton, half precision, head-averaged, all rows, no autograd: the two kernels
-  of :mod:`attnzoo._triton_weights` (no per-head scores stored);
+  of `attnzoo._triton_weights` (no per-head scores stored);
 * otherwise blocks of query rows sized from a per-device budget, heads summed per block.
+  With ``is_causal`` (all rows), the block of rows ``[r0, r1)`` scores only keys
+  ``[0, min(S, r1))``: the rest of its weights rows is written as 0, never computed, and
+  its output comes from those keys alone, so NaN/Inf stored at later keys stays out of it.
 
-:func:`weights_and_output` also returns ``weights @ value`` (*, L, Ev) from the same
+`weights_and_output` also returns ``weights @ value`` (*, L, Ev) from the same
 blocks: the output of attention with a single score pass.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import _triton_weights
@@ -63,7 +67,7 @@ def attention_weights(
     """softmax(Q Kᵀ · scale + mask) for the chosen query rows, one block of rows at a time.
 
     On CUDA with Triton installed, head-averaged weights of all rows without autograd come
-    from :mod:`attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
+    from `attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
 
     Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
     ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
@@ -130,20 +134,31 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
     total = math.prod(batch) * n_rows * S  # the call's scores
     if total >= _GPU_SLICED_FROM and q.device.type != "cpu":  # long sequences: a 1/32 slice at a time
         budget = min(budget, total // _GPU_BLOCK_SLICES)
-    block = max(1, budget // max(1, math.prod(batch) * S))
     inplace = not grad and q.device.type == "cpu"  # reuse one scores buffer, softmax in place
+    staircase = is_causal and index is None  # rows b0..b1-1 see no key past b1-1
+    bounds = _row_blocks(n_rows, S, budget // max(1, math.prod(batch)), staircase)
+    # causal alone, no autograd: the (R_blk, R_blk) future square of a block, made once
+    tri = torch.ones(bounds[0][1], bounds[0][1], dtype=torch.bool, device=q.device).triu_(1) if (
+        staircase and mask is None and not grad) else None
 
-    def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, S) in acc
-        scores = torch.matmul(q[..., b0:b1, :], kt, out=out)  # (*, R_blk, S)
+    def keys(b0: int, b1: int) -> int:  # the block's keys
+        return min(S, b1) if staircase else S
+
+    def weights(b0: int, b1: int, out: Tensor | None) -> Tensor:  # (*, b1-b0, keys(b0, b1)) in acc
+        s1 = keys(b0, b1)
+        scores = torch.matmul(q[..., b0:b1, :], kt[..., :s1], out=out)  # (*, R_blk, s1)
         blocked = None  # True where a query may not attend
         if mask is not None:
-            m = mask if mask.size(-2) == 1 else mask[..., b0:b1, :]
+            m = mask[..., :s1] if mask.size(-2) == 1 else mask[..., b0:b1, :s1]
             if m.dtype != torch.bool:
                 scores = scores.add_(m) if inplace else scores + m
             blocked = ~m if m.dtype == torch.bool else m.isneginf()
+        if tri is not None:  # causal alone: all rows of the block see keys 0..b0, only the square after b0 has a future
+            scores[..., b0:s1].masked_fill_(tri[: b1 - b0, : max(0, s1 - b0)], -math.inf)  # (*, R_blk, s1 - b0)
+            return _softmax_(scores) if inplace else torch.softmax(scores, dim=-1)
         if is_causal:
             if index is None:  # query row b0+i sees keys 0..b0+i
-                future = torch.ones(b1 - b0, S, dtype=torch.bool, device=q.device).triu_(b0 + 1)
+                future = torch.ones(b1 - b0, s1, dtype=torch.bool, device=q.device).triu_(b0 + 1)
             else:
                 future = torch.arange(S, device=q.device) > index[b0:b1, None]  # (R_blk, S)
             blocked = future if blocked is None else blocked | future
@@ -159,36 +174,59 @@ def _weights_pass(query: Tensor, key: Tensor, value: Tensor | None, attn_mask: T
         w = torch.softmax(scores.masked_fill(blocked, -math.inf).masked_fill(empty, 0.0), dim=-1)
         return w.masked_fill(empty, 0.0)  # zero weights, zero gradient
 
-    def output(w: Tensor) -> Tensor | None:  # (*, R_blk, Ev) in value's dtype
-        return None if v is None else torch.matmul(w, v).to(value.dtype)
+    def output(w: Tensor) -> Tensor | None:  # (*, R_blk, Ev) in value's dtype, from the block's keys only
+        return None if v is None else torch.matmul(w, v[..., : w.size(-1), :]).to(value.dtype)
 
-    if n_rows <= block:  # one block: no loop, no buffers
+    def full(w: Tensor) -> Tensor:  # (..., R_blk, s1) -> (..., R_blk, S): the unseen keys' weights are 0
+        return w if w.size(-1) == S else F.pad(w, (0, S - w.size(-1)))
+
+    if len(bounds) == 1:  # one block: no loop, no buffers
         w = weights(0, n_rows, None)
-        return output(w), (_head_mean(w) if average_heads else w).to(query.dtype)
+        return output(w), full(_head_mean(w) if average_heads else w).to(query.dtype)
     if grad:
-        blocks = [weights(b0, min(n_rows, b0 + block), None) for b0 in range(0, n_rows, block)]
+        blocks = [weights(b0, b1, None) for b0, b1 in bounds]
         out = None if v is None else torch.cat([output(w) for w in blocks], dim=-2)
         if average_heads:
             blocks = [w.sum(dim=-3) for w in blocks]  # head sums; divided once, at the end
-        res = torch.cat(blocks, dim=-2)
+        res = torch.cat([full(w) for w in blocks], dim=-2)
         return out, (res / heads if average_heads else res).to(query.dtype)
     # Without autograd every block reuses one scores buffer and goes straight into one
     # preallocated result: no per-block allocations, no cat.
     res_batch = batch[:-1] if average_heads else batch
     res = q.new_empty(*res_batch, n_rows, S, dtype=query.dtype)
     out = None if v is None else _output_buffer(v, batch, n_rows, value.dtype)
-    buffer = q.new_empty(math.prod(batch) * block * S) if inplace else None
-    for b0 in range(0, n_rows, block):
-        b1 = min(n_rows, b0 + block)
-        view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * S].view(*batch, b1 - b0, S)
+    largest = max((b1 - b0) * keys(b0, b1) for b0, b1 in bounds)  # scores of the largest block
+    buffer = q.new_empty(math.prod(batch) * largest) if inplace else None
+    for b0, b1 in bounds:
+        s1 = keys(b0, b1)
+        view = None if buffer is None else buffer[: math.prod(batch) * (b1 - b0) * s1].view(*batch, b1 - b0, s1)
         w = weights(b0, b1, view)
-        if out is not None:
-            out[..., b0:b1, :] = torch.matmul(w, v)
+        if out is not None and out.dtype == w.dtype:
+            torch.matmul(w, v[..., :s1, :], out=out[..., b0:b1, :])  # straight into the output rows
+        elif out is not None:
+            out[..., b0:b1, :] = torch.matmul(w, v[..., :s1, :])
+        if s1 < S:  # keys after the block's last row: exactly 0, never computed
+            res[..., b0:b1, s1:] = 0
         if average_heads and w.dtype == res.dtype:
-            torch.sum(w, dim=-3, out=res[..., b0:b1, :])  # straight into the result, no temporary
+            torch.sum(w, dim=-3, out=res[..., b0:b1, :s1])  # straight into the result, no temporary
         else:
-            res[..., b0:b1, :] = w.sum(dim=-3) if average_heads else w
+            res[..., b0:b1, :s1] = w.sum(dim=-3) if average_heads else w
     return out, (res.div_(heads) if average_heads else res)
+
+
+def _row_blocks(n_rows: int, S: int, cap: int, staircase: bool) -> list[tuple[int, int]]:
+    """Blocks ``[b0, b1)`` of query rows, each with at most ``cap`` scores per batch element.
+
+    A row sees all ``S`` keys, so a block has ``cap // S`` rows; on a causal staircase the
+    block ``[b0, b1)`` sees keys ``[0, min(S, b1))`` only, so early blocks take more rows:
+    the most ``R`` with ``R · (b0 + R) <= cap``.
+    """
+    bounds, b0, rows = [], 0, max(1, cap // max(1, S))
+    while b0 < n_rows:
+        r = max(rows, (math.isqrt(b0 * b0 + 4 * cap) - b0) // 2) if staircase else rows
+        bounds.append((b0, min(n_rows, b0 + r)))
+        b0 += r
+    return bounds or [(0, 0)]
 
 
 def _small(query: Tensor, S: int) -> bool:
@@ -206,7 +244,7 @@ def _output_buffer(v: Tensor, batch: tuple[int, ...], rows: int, dtype: torch.dt
 
 
 def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
-    """Whether :mod:`attnzoo._triton_weights` computes these head-averaged weights: CUDA
+    """Whether `attnzoo._triton_weights` computes these head-averaged weights: CUDA
     with Triton installed, all rows, no gradient wanted, not inside torch.compile."""
     return (
         average and rows is None and query.dim() >= 3 and _triton_weights.available(query)

@@ -31,6 +31,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "mha_dims": (512, 8),  # (E, H)
         "mha": [(8, 512), (2, 2048)],  # (B, N)
         "weights": [(2, 64, 64, 4), (8, 512, 512, 8), (2, 2048, 512, 8)],  # (B, N, E, H)
+        "weights_causal": [(1, 2048, 256, 8)],  # (B, N, E, H), is_causal=True
         "masked": {"B": 1, "N": [8192], "E": 512, "H": 8},
         "memory": {"B": 1, "N": 4096, "E": 512, "H": 8, "rows": 32},
         "long": {"B": 1, "N": 32768, "E": 512, "H": 8},
@@ -46,6 +47,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "mha_dims": (64, 4),
         "mha": [(2, 64), (1, 256)],
         "weights": [(2, 64, 64, 4), (1, 256, 64, 4)],
+        "weights_causal": [(1, 256, 64, 4)],
         "masked": {"B": 1, "N": [512], "E": 64, "H": 4},
         "memory": {"B": 1, "N": 1024, "E": 64, "H": 4, "rows": 32},
         "long": {"B": 1, "N": 4096, "E": 64, "H": 4},

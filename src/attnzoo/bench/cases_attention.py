@@ -87,11 +87,12 @@ def mha_eval_group(ctx: Context) -> Iterator[Job]:
 
 @group("mha_weights", "MultiHeadAttention eval with need_weights=True (head-averaged) vs torch")
 def mha_weights_group(ctx: Context) -> Iterator[Job]:
-    op, fn = "self-attn eval + avg weights", _eval(True)
-    for B, N, E, H in ctx.sizes["weights"]:
-        shape = _fmt(B=B, N=N, E=E, H=H)
-        yield Job(op, shape, lambda B=B, N=N, E=E, H=H, shape=shape: Row(
-            "mha_weights", op, shape, reference_name=TORCH_MHA, **fn(ctx, B, N, E, H)))
+    for op, fn, key in (("self-attn eval + avg weights", _eval(True), "weights"),
+                        ("causal self-attn eval + avg weights", _eval(True, causal=True), "weights_causal")):
+        for B, N, E, H in ctx.sizes[key]:
+            shape = _fmt(B=B, N=N, E=E, H=H)
+            yield Job(op, shape, lambda B=B, N=N, E=E, H=H, shape=shape, op=op, fn=fn: Row(
+                "mha_weights", op, shape, reference_name=TORCH_MHA, **fn(ctx, B, N, E, H)))
 
 
 # --------------------------------------------------------------------------------- masked
@@ -126,23 +127,27 @@ def _masked(ctx: Context, s: dict[str, Any], N: int, shape: str) -> Row:
                note="ratio = causal-alone time / causal + key padding time (goal: >= 1/1.5 on a CPU, 1/1.3 on a GPU)")
 
 
-def _eval(need_weights: bool) -> Any:
+def _eval(need_weights: bool, causal: bool = False) -> Any:
+    """Eval-mode self-attention; ``causal``: attnzoo's ``is_causal=True`` against torch's
+    ``is_causal=True`` with the causal ``attn_mask`` it requires (True = not allowed)."""
     def run(ctx: Context, B: int, N: int, E: int, H: int) -> dict[str, Any]:
         ref, ours = _pair(ctx, E, H)
         ref.eval(), ours.eval()
         x = torch.randn(B, N, E, device=ctx.device)
+        future = torch.ones(N, N, dtype=torch.bool, device=ctx.device).triu(1) if causal else None  # (N, N)
+        kw: dict[str, dict[str, Any]] = {"ours": {"is_causal": True} if causal else {},
+                                         "ref": {"is_causal": True, "attn_mask": future} if causal else {}}
 
-        def call(m: nn.Module) -> None:
+        def call(m: nn.Module, side: str) -> Any:
             with torch.inference_mode():
-                m(x, x, x, need_weights=need_weights)
+                return m(x, x, x, need_weights=need_weights, **kw[side])
 
-        with torch.inference_mode():  # same answer before timing anything
-            o1, w1 = ours(x, x, x, need_weights=need_weights)
-            o2, w2 = ref(x, x, x, need_weights=need_weights)
+        o1, w1 = call(ours, "ours")  # same answer before timing anything
+        o2, w2 = call(ref, "ref")
         diff = (o1 - o2).abs().max().item()
         if need_weights:
             diff = max(diff, (w1 - w2).abs().max().item())
-        a, r = ctx.compare(lambda: call(ours), lambda: call(ref))
+        a, r = ctx.compare(lambda: call(ours, "ours"), lambda: call(ref, "ref"))
         return {"attnzoo": a, "reference": r, "extra": {"max_abs_diff": diff}}
 
     return run
