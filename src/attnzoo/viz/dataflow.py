@@ -51,7 +51,8 @@ _DIM_OPS = {"mean", "sum", "max", "amax", "min", "amin", "std", "var", "softmax"
             "cumsum", "norm", "logsumexp"}
 _NAMES = {"_sdpa_pair": "scaled dot-product attention", "sdpa": "scaled dot-product attention",
           "scaled_dot_product_attention": "scaled dot-product attention",
-          "_gaussian_attention": "softmax attention", "truediv": "div", "floordiv": "floordiv"}
+          "_gaussian_attention": "softmax attention"}
+_SHORT = {"truediv": "div"}
 # Functions that only bring MHA's inputs to (B, L, E) and back: output i is argument i.
 _QUIET = {"keepdim", "inplace", "out", "return_indices", "align_corners"}  # kwargs not shown
 _PASS_THROUGH = {"_batch_first_inputs", "_restore_layout"}
@@ -167,9 +168,9 @@ def _module_label(m: nn.Module) -> str:
 
 def _call_label(n: torch.fx.Node, meta: dict[str, Any]) -> str:
     name = _target_name(n)
-    label = _NAMES.get(name, name)
-    if label != name or name.startswith("_"):
-        return label.lstrip("_")
+    if name in _NAMES or name.startswith("_"):
+        return _NAMES.get(name, name.lstrip("_"))
+    label = _SHORT.get(name, name)
     extra, weight = [], None
     for i, a in enumerate(n.args[1:]):  # args[0] is the tensor (or the tuple for cat/stack)
         if _has_node(a):
