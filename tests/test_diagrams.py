@@ -91,6 +91,15 @@ def test_temporal_attention_traces_and_its_fx_graph_runs_like_eager():
     assert chain(g)[-2:] == [("matmul", "output 0", "(B, 8)"), ("MaskedSoftmax", "output 1", "(B, 5)")]
 
 
+def test_tracing_leaves_the_module_alone():
+    m = az.BAM(16, reduction=4).train()  # BatchNorm in training mode would update its statistics
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    g = mechanism_graph(m, torch.randn(4, 16, 5, 5) + 3.0)
+    assert "BatchNorm2d" in g.labels()
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_the_graph_does_not_depend_on_the_example_batch():
     m = az.ChannelAttention(16, reduction=4).eval()
     assert mechanism_graph(m, torch.randn(2, 16, 3, 3)) == mechanism_graph(m, torch.randn(5, 16, 3, 3))
@@ -146,7 +155,7 @@ def test_committed_diagrams_are_up_to_date(tmp_path):
 def test_diagram_section_embeds_the_written_svgs(tmp_path):
     html = diagram_section(tmp_path, ["se", "temporal"])
     assert html.count("<figure>") == 2 and 'src="se.svg"' in html and 'src="temporal.svg"' in html
-    assert (tmp_path / "se.svg").exists() and (tmp_path / "temporal.svg").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["se.svg", "temporal.svg"]
     with pytest.raises(ValueError, match=r"^names must be keys of MECHANISMS"):
         diagram_section(tmp_path, ["nope"])
 
@@ -155,3 +164,38 @@ def test_mechanisms_page_shows_every_committed_diagram():
     page = (FIGS.parents[1] / "mechanisms.md").read_text()
     for name in MECHANISMS:
         assert f"](figures/diagrams/{name}.svg)" in page, name
+
+
+def _eager_module_inputs(module: nn.Module, example: tuple[torch.Tensor, ...]) -> list[tuple[str, str]]:
+    """(class name, input shape) of every layer as the module runs eagerly on a batch of 3,
+    recorded by forward pre-hooks: no torch.fx, no ShapeProp. 3 is no other size of the
+    examples, so it can be written B."""
+    seen: list[tuple[str, str]] = []
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Dropout)
+    leaves = [m for m in module.modules() if m is not module and not isinstance(m, containers)
+              and (type(m).__module__.startswith("torch.nn") or type(m).__name__ == "MaskedSoftmax")]
+    hooks = [m.register_forward_pre_hook(
+        lambda m, args: seen.append((type(m).__name__, "(" + ", ".join(
+            "B" if d == 3 else str(d) for d in args[0].shape) + ")"))) for m in leaves]
+    try:
+        with torch.no_grad():
+            module(*(torch.cat([t, t[:1]]) for t in example))  # batch 2 -> 3
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", list(MECHANISMS))
+def test_every_drawn_layer_receives_the_shape_it_receives_when_run(name):
+    _, build, example = MECHANISMS[name]
+    torch.manual_seed(0)
+    m = build().eval()
+    xs = example()
+    assert all(t.shape[0] == 2 and 3 not in t.shape for t in xs)
+    eager = _eager_module_inputs(m, xs)
+    g = mechanism_graph(m, xs)
+    classes = {c for c, _ in eager}
+    drawn = [(label.split()[0], shape) for src, label, shape in chain(g) if label.split()[0] in classes]
+    assert eager, name
+    assert sorted(drawn) == sorted(eager)

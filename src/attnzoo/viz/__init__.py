@@ -3,7 +3,7 @@
 Every function builds a standalone ``matplotlib.figure.Figure`` on an Agg canvas
 (no pyplot, no global backend or rcParams changes, nothing registered globally,
 so nothing leaks and no display is needed), writes a PNG atomically and returns
-its ``Path``. Array arguments may be torch tensors, numpy arrays or nested lists.
+its ``Path`` (the diagrams return the ``Figure`` and write SVG or PNG when given a path). Array arguments may be torch tensors, numpy arrays or nested lists.
 matplotlib is imported lazily: ``import attnzoo`` works without it.
 
 * `attention`: ``plot_attention`` (per-head heatmaps), ``plot_sequence_weights``.

@@ -33,6 +33,7 @@ tracing (e.g. `padding_mask=None`, `need_weights=False`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from dataclasses import asdict, dataclass, field
@@ -202,13 +203,14 @@ def mechanism_graph(module: nn.Module, example_input: Tensor | tuple[Tensor, ...
     """Trace `module` on `example_input` (a tensor or a tuple of `forward`'s leading tensor
     arguments) and return its `DataflowGraph`; see the module docstring for what is folded.
 
+    `module` itself is not run or changed (a copy is traced and run).
     Raises `TypeError` for a non-module or a non-tensor example, and `ValueError` naming
     the module's class when `torch.fx` cannot trace it or the example does not run.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     xs = _inputs(example_input)
-    gm = _trace(module, xs)
+    gm = _trace(copy.deepcopy(module), xs)  # a copy: running it must not move BatchNorm statistics
     cls = type(module).__name__
     try:
         meta = _shapes(gm, xs)

@@ -8,8 +8,8 @@ compare the JSON everywhere and the SVG bytes only where the fingerprint matches
 glyph outlines depend on the fonts. Every example uses batch 2 and 8×8 maps with 64
 channels (MHA: E = 32, 4 heads, L = S = 5; temporal: T = 7, D = 16).
 
-`diagram_section(out_dir)` writes the SVGs beside a report page and returns the HTML
-section that shows them.
+`diagram_section(out_dir)` writes the SVGs (only) beside a report page and returns the
+HTML section that shows them.
 """
 
 from __future__ import annotations
@@ -87,22 +87,22 @@ def fingerprint() -> dict[str, str]:
             "font": Path(font_manager.findfont(font_manager.FontProperties(family=["sans-serif"]))).name}
 
 
-def write_diagrams(out_dir: str | Path, names: list[str] | None = None, *, svg: bool = True) -> list[Path]:
-    """Write `<name>.json` (and `<name>.svg` unless `svg=False`) for each mechanism, and
-    `fingerprint.json`; return the paths written. Files are written atomically."""
+def write_diagrams(out_dir: str | Path, names: list[str] | None = None, *, descriptions: bool = True) -> list[Path]:
+    """Write `<name>.svg` for each mechanism (all by default) into `out_dir`, and with
+    `descriptions=True` also `<name>.json` and `fingerprint.json`; return the paths
+    written. Files are written atomically; these names in `out_dir` are replaced."""
     from .diagram import dataflow_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, graph in diagram_graphs(names).items():
-        atomic_write_text(out / f"{name}.json", graph.to_json())
-        written.append(out / f"{name}.json")
-        if svg:
-            fig = dataflow_figure(graph, out / f"{name}.svg")
-            fig.clear()
-            written.append(out / f"{name}.svg")
-    if svg:
+        if descriptions:
+            atomic_write_text(out / f"{name}.json", graph.to_json())
+            written.append(out / f"{name}.json")
+        dataflow_figure(graph, out / f"{name}.svg").clear()
+        written.append(out / f"{name}.svg")
+    if descriptions:
         atomic_write_text(out / "fingerprint.json", json.dumps(fingerprint(), indent=1, sort_keys=True) + "\n")
         written.append(out / "fingerprint.json")
     return written
@@ -111,7 +111,7 @@ def write_diagrams(out_dir: str | Path, names: list[str] | None = None, *, svg: 
 def diagram_section(out_dir: str | Path, names: list[str] | None = None) -> str:
     """Write the diagrams' SVGs into `out_dir` and return an HTML section (`<h2>` and one
     `<figure>` per mechanism, images by file name relative to `out_dir`) for a report page."""
-    paths = [p for p in write_diagrams(out_dir, names) if p.suffix == ".svg"]
+    paths = write_diagrams(out_dir, names, descriptions=False)
     titles = {n: MECHANISMS[n][0] for n in (list(MECHANISMS) if names is None else names)}
     figs = "".join(f'<figure><img src="{escape(p.name)}" alt="{escape(titles[p.stem])}">'
                    f"<figcaption>{escape(titles[p.stem])}</figcaption></figure>" for p in paths)
