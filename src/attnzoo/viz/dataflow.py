@@ -173,7 +173,9 @@ def _call_label(n: torch.fx.Node, meta: dict[str, Any]) -> str:
         return _NAMES.get(name, name.lstrip("_"))
     label = _SHORT.get(name, name)
     extra, weight = [], None
-    for i, a in enumerate(n.args[1:]):  # args[0] is the tensor (or the tuple for cat/stack)
+    # args[0] is the tensor (or the tuple for cat/stack), except in e.g. `1 + x`: add(1, x)
+    rest = n.args[1:] if n.op == "call_method" or (n.args and _has_node(n.args[0])) else n.args
+    for i, a in enumerate(rest):
         if _has_node(a):
             tm = meta.get(a.name) if isinstance(a, torch.fx.Node) else None
             if name == "linear" and i == 0 and isinstance(tm, TensorMetadata):
