@@ -14,6 +14,7 @@ HTML section that shows them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -79,12 +80,14 @@ def diagram_graphs(names: list[str] | None = None) -> dict[str, DataflowGraph]:
 
 
 def fingerprint() -> dict[str, str]:
-    """What SVG bytes depend on besides the graph: matplotlib's version and the font file."""
+    """What SVG bytes depend on besides the graph: matplotlib's version and the font file
+    (its name and a hash of its bytes, since two installs may ship different versions)."""
     import matplotlib
     from matplotlib import font_manager
 
-    return {"matplotlib": matplotlib.__version__,
-            "font": Path(font_manager.findfont(font_manager.FontProperties(family=["sans-serif"]))).name}
+    font = Path(font_manager.findfont(font_manager.FontProperties(family=["sans-serif"])))
+    return {"matplotlib": matplotlib.__version__, "font": font.name,
+            "font_sha256": hashlib.sha256(font.read_bytes()).hexdigest()[:16]}
 
 
 def write_diagrams(out_dir: str | Path, names: list[str] | None = None, *, descriptions: bool = True) -> list[Path]:
