@@ -44,7 +44,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_dropout, check_dtype_matches, check_positive_int, check_same_device, check_tensor
+from ._checks import (
+    check_dropout,
+    check_dtype_matches,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+    is_tracing,
+)
 
 __all__ = ["TemporalAttention", "MaskedSoftmax", "padding_mask_from_lengths"]
 
@@ -146,6 +153,8 @@ class TemporalAttention(nn.Module):
         return torch.matmul(steps, self.query.t()).transpose(1, 2) / math.sqrt(self.dim)  # (B, Q, T)
 
     def _check(self, x: Tensor, padding_mask: Tensor | None) -> None:
+        if is_tracing(x):  # FX / jit.trace: see attnzoo._checks.is_tracing
+            return
         name = type(self).__name__
         check_tensor("x", x, ndim=(3, 5))
         d = x.shape[-1] if x.dim() == 3 else x.shape[1]
@@ -167,7 +176,8 @@ class TemporalAttention(nn.Module):
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return ``(pooled, weights)``; see the class docstring for the shapes."""
         self._check(x, padding_mask)
-        video = x.dim() == 5
+        # Under FX the rank is unknown: the (B, T, D) layout is traced (jit.trace sees the real rank).
+        video = not isinstance(x, torch.fx.Proxy) and x.dim() == 5
         if padding_mask is not None:  # padded content must not reach anything, not even as NaN * 0
             pad = padding_mask[:, None, :, None, None] if video else padding_mask[:, :, None]
             x = x.masked_fill(pad, 0.0)

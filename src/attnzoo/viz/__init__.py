@@ -3,20 +3,27 @@
 Every function builds a standalone ``matplotlib.figure.Figure`` on an Agg canvas
 (no pyplot, no global backend or rcParams changes, nothing registered globally,
 so nothing leaks and no display is needed), writes a PNG atomically and returns
-its ``Path``. Array arguments may be torch tensors, numpy arrays or nested lists.
+its ``Path`` (the diagrams return the ``Figure`` and write SVG or PNG when given a path). Array arguments may be torch tensors, numpy arrays or nested lists.
 matplotlib is imported lazily: ``import attnzoo`` works without it.
 
 * `attention`: ``plot_attention`` (per-head heatmaps), ``plot_sequence_weights``.
 * `gates`: ``plot_channel_profile``, ``plot_spatial_overlay``.
 * `results`: ``plot_training_curves``, ``plot_accuracy_bars``, ``plot_train_test_bars``,
   ``model_color``.
+* `diagram`: ``mechanism_diagram`` (a module's data flow with tensor shapes, from its torch.fx
+  trace; SVG or PNG), ``dataflow_figure``; `dataflow`: ``mechanism_graph``, ``DataflowGraph``
+  (the graph drawn, without matplotlib); `diagrams`: the committed diagrams of docs/figures/diagrams,
+  ``python -m attnzoo.viz.diagrams OUT_DIR`` and ``diagram_section`` for a report page.
 * ``attention_view`` (the interactive HTML page, no matplotlib) is `attnzoo.maps.view`'s.
 """
 
 from ..maps.view import attention_view as attention_view  # interactive HTML (no matplotlib)
 from .attention import plot_attention, plot_sequence_weights
+from .dataflow import DataflowGraph, mechanism_graph
+from .diagram import dataflow_figure, mechanism_diagram
 from .gates import plot_channel_profile, plot_spatial_overlay
 from .results import model_color, plot_accuracy_bars, plot_train_test_bars, plot_training_curves
 
 __all__ = ["plot_attention", "plot_channel_profile", "plot_spatial_overlay", "plot_training_curves",
-           "plot_accuracy_bars", "plot_train_test_bars", "plot_sequence_weights", "model_color"]
+           "plot_accuracy_bars", "plot_train_test_bars", "plot_sequence_weights", "model_color",
+           "mechanism_diagram", "dataflow_figure", "mechanism_graph", "DataflowGraph"]
