@@ -1,8 +1,8 @@
 """MultiHeadAttention's input handling: checks, layouts and masks, outside the module.
 
-These functions branch on shapes and on forward's arguments, so :mod:`attnzoo.attention`
+These functions branch on shapes and on forward's arguments, so `attnzoo.attention`
 registers them with ``torch.fx.wrap``: ``torch.fx.symbolic_trace`` records each as one
-call instead of failing on symbolic values. Shapes as in :mod:`attnzoo.attention`.
+call instead of failing on symbolic values. Shapes as in `attnzoo.attention`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .functional import RowIndex, sdpa
 
 def _combine_masks(key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
                    dtype: torch.dtype, num_heads: int) -> Tensor | None:
-    """The mask conversion of :meth:`MultiHeadAttention.combine_masks` (shapes given)."""
+    """The mask conversion of `MultiHeadAttention.combine_masks` (shapes given)."""
     masks = []
     if key_padding_mask is not None:
         check_mask_dtype("key_padding_mask", key_padding_mask)
@@ -91,7 +91,7 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
 def _sdpa_pair(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, is_causal: bool,
                gqa: bool, need_weights: bool, average: bool, weights_for: RowIndex,
                guarded: bool = True) -> tuple[Tensor, Tensor | None]:
-    """:func:`sdpa` that always returns ``(out (B, H, L, hs), weights or None)``."""
+    """`sdpa` that always returns ``(out (B, H, L, hs), weights or None)``."""
     res = sdpa(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa, need_weights=need_weights,
                average_heads=average, weights_for=weights_for, guarded=guarded)
     return res if need_weights else (res, None)

@@ -9,10 +9,10 @@ The routes, by size and device:
 
 * small and unmasked: three ops (matmul, softmax, optional head mean);
 * CUDA with Triton, half precision, head-averaged, all rows, no autograd: the two kernels
-  of :mod:`attnzoo._triton_weights` (no per-head scores stored);
+  of `attnzoo._triton_weights` (no per-head scores stored);
 * otherwise blocks of query rows sized from a per-device budget, heads summed per block.
 
-:func:`weights_and_output` also returns ``weights @ value`` (*, L, Ev) from the same
+`weights_and_output` also returns ``weights @ value`` (*, L, Ev) from the same
 blocks: the output of attention with a single score pass.
 """
 
@@ -63,7 +63,7 @@ def attention_weights(
     """softmax(Q Kᵀ · scale + mask) for the chosen query rows, one block of rows at a time.
 
     On CUDA with Triton installed, head-averaged weights of all rows without autograd come
-    from :mod:`attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
+    from `attnzoo._triton_weights` instead: two kernels, no per-head scores stored.
 
     Returns ``(*, R, S)`` (``R`` = number of chosen rows, all L by default), or
     ``(*without the head dim, R, S)`` with ``average_heads=True``. Fully masked rows are 0.
@@ -206,7 +206,7 @@ def _output_buffer(v: Tensor, batch: tuple[int, ...], rows: int, dtype: torch.dt
 
 
 def _kernels_serve(query: Tensor, key: Tensor, mask: Tensor | None, average: bool, rows: RowIndex) -> bool:
-    """Whether :mod:`attnzoo._triton_weights` computes these head-averaged weights: CUDA
+    """Whether `attnzoo._triton_weights` computes these head-averaged weights: CUDA
     with Triton installed, all rows, no gradient wanted, not inside torch.compile."""
     return (
         average and rows is None and query.dim() >= 3 and _triton_weights.available(query)

@@ -25,7 +25,7 @@ What is captured (``AttentionMap.tensor``) for each module found by recursion:
 * ``"temporal"``: ``TemporalAttention``: its weights over time, (B, T) or (B, Q, T).
 
 Outputs do not change: where the caller did not ask for weights, attnzoo modules still
-compute the output with the fused kernel (:func:`attnzoo.functional.fused_output`), and
+compute the output with the fused kernel (`attnzoo.functional.fused_output`), and
 where it did, by the same route as unrecorded; so they are bit-identical (except in training with dropout > 0: the output then comes from
 the dropped-out weights, which are recorded). ``nn.MultiheadAttention`` uses another kernel
 when weights are asked for (and ``nn.TransformerEncoderLayer`` leaves its fast path when
@@ -127,7 +127,7 @@ class AttentionRecorder:
     Any model: with ``sdpa=True`` a ``TorchFunctionMode`` (active only inside ``with``) sees
     each SDPA call; the call runs unchanged (outputs bit-identical) and its weights are
     recomputed from its own q, k, mask, ``is_causal``, ``scale`` and ``enable_gqa`` by
-    :func:`attnzoo.functional.attention_weights`: kind ``"attention"``, (B, H, L, S), before
+    `attnzoo.functional.attention_weights`: kind ``"attention"``, (B, H, L, S), before
     dropout. Calls inside attnzoo/torch attention modules are not recorded twice. attnzoo's
     cached decoding (``Seq2SeqTransformer.generate``) calls ``MultiHeadAttention.attend``
     directly; an instance attribute ``attend`` (removed on exit) records each step: the
@@ -195,7 +195,7 @@ class AttentionRecorder:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AttentionRecorder:
-        """A recorder holding the records saved by :meth:`save` (``maps``, ``names``, ``rec[name]``).
+        """A recorder holding the records saved by `save` (``maps``, ``names``, ``rec[name]``).
 
         It has no model (``model`` is None), so it cannot be entered again.
         """

@@ -300,7 +300,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """The ``run`` entry point set by :func:`add_arguments` (bad values: ``UsageError``)."""
+    """The ``run`` entry point set by `add_arguments` (bad values: ``UsageError``)."""
     from .._errors import CommandError
     from .._io import atomic_write_json
     from ._core import Row, format_table

@@ -60,7 +60,7 @@ def _seed(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the demo's options to ``parser`` and make it call :func:`run_demo`."""
+    """Add the demo's options to ``parser`` and make it call `run_demo`."""
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                         help=f"folder for the report: DIR/index.html, its PNG figures and DIR/results.json "
                              f"(default: {DEFAULT_OUT}/). It is replaced as a whole at the end, and only if it "

@@ -1,7 +1,7 @@
 """Which files in a report folder attnzoo wrote: ``attnzoo-manifest.json``.
 
 Every report holds ``attnzoo-manifest.json``, written last, listing every other file of
-the report with its size and SHA-256::
+the report with its size and SHA-256:
 
     {"schema": "attnzoo-report-manifest/1", "complete": true,
      "files": {"index.html": {"bytes": 5120, "sha256": "9f2c..."}, ...},

@@ -4,18 +4,18 @@
 
 For each P, P fresh processes (gloo on 127.0.0.1) each hold one zigzag shard of a
 sequence of ``--length`` tokens, q (1, H, L/P, hs), k, v (1, H, L/P, hs) float32, and
-run ONE causal forward + backward of :func:`~attnzoo.distributed.ring_attention`, after
+run ONE causal forward + backward of `ring_attention`, after
 a warm-up on a tiny input. Per rank it records:
 
 * peak memory: ``VmHWM`` after the call minus ``VmRSS`` just before it (the high-water
   mark reset first through ``/proc/self/clear_refs``): what the call itself adds;
 * time of the call (wall clock, all ranks released together by a barrier);
-* bytes this rank sent round the ring (:data:`~attnzoo.distributed.RING_STATS`), next to
-  the analytic volume :func:`ring_bytes`.
+* bytes this rank sent round the ring (`RING_STATS`), next to
+  the analytic volume `ring_bytes`.
 
 With ``--layers n`` (default 2) the same is measured for a stack of n
 ``TransformerEncoderLayer`` (E = H·hs, feed-forward 4E, causal) switched by
-:func:`~attnzoo.distributed.context_parallel`, on x (1, L/P, E): there the activations
+`context_parallel`, on x (1, L/P, E): there the activations
 every layer keeps for the backward dominate, and the ring's transient buffers (one layer's
 at a time) matter less. A row "P=1, one process, fused" runs attnzoo's single-process
 path (torch's fused kernel, no ring) on the whole sequence, for reference. Every process uses ONE thread,

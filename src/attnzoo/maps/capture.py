@@ -1,17 +1,17 @@
 """See the weights of any ``F.scaled_dot_product_attention`` call, and of cached decoding steps.
 
 Fused attention kernels never return their weights. This file gives
-:class:`~attnzoo.AttentionRecorder` three pieces that make them visible without touching
+`AttentionRecorder` three pieces that make them visible without touching
 a model's code (the recorder wires them together inside its ``with`` block):
 
-* :class:`ModuleStack`: forward pre/post hooks on every module of a model keep the stack of
+* `ModuleStack`: forward pre/post hooks on every module of a model keep the stack of
   modules currently running, so a call can be named after the innermost module that made
   it (``named_modules`` naming, e.g. ``"encoder.layer.0.attention.self"``).
-* :class:`SDPACapture`: a ``TorchFunctionMode`` that lets every
+* `SDPACapture`: a ``TorchFunctionMode`` that lets every
   ``torch.nn.functional.scaled_dot_product_attention`` call run unchanged (the output IS the
   original call's output, so it is bit-identical), then hands the call's arguments to a
-  callback. :func:`sdpa_weights` recomputes the weights of such a call with attnzoo's lean
-  path (:func:`attnzoo.functional.attention_weights`)::
+  callback. `sdpa_weights` recomputes the weights of such a call with attnzoo's lean
+  path (`attnzoo.functional.attention_weights`):
 
       query (*, H, L, E)   key (*, Hkv, S, E)   ->   weights (*, H, L, S)   [or (*, L, S) averaged]
       = softmax(Q Kᵀ · scale + mask), mask polarity of torch: bool True = may attend,
@@ -19,7 +19,7 @@ a model's code (the recorder wires them together inside its ``with`` block):
         h // (H / Hkv). Rows that may attend to nothing are 0 (torch's kernel gives NaN).
 
   The weights are those before dropout (``dropout_p`` only changes the output).
-* :func:`patch_attend`: attnzoo's cached decoding (``attend_cached`` / ``attend_memory``)
+* `patch_attend`: attnzoo's cached decoding (``attend_cached`` / ``attend_memory``)
   calls ``MultiHeadAttention.attend`` directly, never ``forward``, so forward hooks do not
   see it. An instance attribute ``attend`` (removed on exit) asks the original method for the
   per-head weights and hands them to a callback, one record per decoding step.
@@ -74,7 +74,7 @@ class SDPACall(NamedTuple):
 
 
 def weights_numel(call: SDPACall, *, average_heads: bool, rows: RowIndex) -> int:
-    """Elements of the weights :func:`sdpa_weights` returns, known before computing them."""
+    """Elements of the weights `sdpa_weights` returns, known before computing them."""
     q = call.query
     L, S = q.size(-2), call.key.size(-2)
     n_rows = L if rows is None else _row_index(rows, L, torch.device("cpu")).numel()
@@ -122,7 +122,7 @@ class ModuleStack:
     ``covered`` counts running modules whose attention is recorded some other way (attnzoo's
     ``MultiHeadAttention`` and ``nn.MultiheadAttention``, recorded by their own hooks), so
     their internal SDPA calls are not recorded a second time. While such a module runs,
-    ``mode`` (the recorder's :class:`SDPACapture`, once set) is switched off when it is the
+    ``mode`` (the recorder's `SDPACapture`, once set) is switched off when it is the
     innermost mode, so the module runs exactly as unrecorded: ``nn.MultiheadAttention``, for
     one, leaves its fast path when it sees any torch-function mode.
     """
@@ -184,7 +184,7 @@ def patch_attend(module: MultiHeadAttention, stack: ModuleStack, want: Callable[
 
     Only calls from outside the module's ``forward`` (cached decoding) are recorded, and only
     while ``want()``; inside ``forward`` the recorder's forward hooks already record, so the
-    call passes through, inside :func:`~attnzoo.functional.fused_output` when ``forced()``
+    call passes through, inside `fused_output` when ``forced()``
     (the hooks asked for weights its caller did not want), which keeps the output the one
     an unrecorded call computes. The caller still gets exactly what it asked for. Returns
     the function that undoes the patch (restoring a previous instance attribute, if any).

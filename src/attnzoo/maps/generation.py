@@ -5,7 +5,7 @@
 ...                                token_label=lambda i: tgt_vocab.decode([i]) or "<eos>")  # doctest: +SKIP
 
 ``src`` is one source sequence (1, S). The recorder sees each decoding step through the
-``attend`` patch (see :mod:`attnzoo.maps.capture`); the view has one layer per decoder
+``attend`` patch (see `attnzoo.maps.capture`); the view has one layer per decoder
 layer's cross-attention (``cross_only=False`` adds the self-attention over the cache and
 the encoder's self-attention): queries are the generated tokens (row t = the step that
 produced token t), keys the source tokens.

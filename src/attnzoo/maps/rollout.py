@@ -1,7 +1,7 @@
 """Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", 2020).
 
 A layer's output at position i mixes its attention over the previous layer's positions
-with its own input (the residual connection). Rollout models this per layer as::
+with its own input (the residual connection). Rollout models this per layer as:
 
     A_l   = mean over heads of the layer's attention weights         (*, L, L), rows sum to 1
     Â_l   = (1 - r)·A_l + r·I        (r = residual, 0.5 in the paper)
@@ -28,7 +28,7 @@ def attention_rollout(layers: Sequence[object], *, residual: float = 0.5, averag
 
     Args:
         layers: per layer a tensor ``(*, H, L, L)`` (or ``(*, L, L)`` with ``average_heads=False``),
-            or an :class:`~attnzoo.AttentionMap` holding one, e.g.
+            or an `AttentionMap` holding one, e.g.
             ``[m for m in rec.maps if m.name.endswith("attention.self")]``. All the same shape.
         residual: weight ``r`` of the identity (the residual path), in [0, 1]; 0.5 as the paper.
         average_heads: average dim -3 (the heads) first; False if the weights are already averaged.

@@ -4,7 +4,7 @@ Layout: ``map_0``, ``map_1``, ... hold the records' tensors in call order (bfloa
 numpy lacks, is stored as float32 and converted back on load); ``meta`` is a 0-d unicode
 array holding JSON: ``{"format": "attnzoo.attention_maps", "version": 1, "names": [...],
 "maps": [{"name", "kind", "module", "call", "dtype", "shape"}, ...]}``. Loading never unpickles.
-A recording made on a GPU box can so be viewed anywhere (:func:`attnzoo.viz.attention_view`).
+A recording made on a GPU box can so be viewed anywhere (`attnzoo.viz.attention_view`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ FORMAT, VERSION = "attnzoo.attention_maps", 1
 
 
 def save_maps(maps: list[Any], path: str | os.PathLike[str], *, names: list[str]) -> Path:
-    """Write ``maps`` (a list of :class:`~attnzoo.AttentionMap`) and ``names`` to ``path`` atomically."""
+    """Write ``maps`` (a list of `AttentionMap`) and ``names`` to ``path`` atomically."""
     arrays, entries = {}, []
     for i, m in enumerate(maps):
         t = m.tensor.detach().cpu()
@@ -40,7 +40,7 @@ def save_maps(maps: list[Any], path: str | os.PathLike[str], *, names: list[str]
 
 
 def load_maps(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Read a file written by :func:`save_maps` -> (records as dicts with a ``tensor``, names)."""
+    """Read a file written by `save_maps` -> (records as dicts with a ``tensor``, names)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"][()]))

@@ -1,6 +1,6 @@
 """An interactive attention view: one self-contained HTML file (data and script inline).
 
-:func:`attention_view` writes a page where a reader picks a layer (a recorded module) and a
+`attention_view` writes a page where a reader picks a layer (a recorded module) and a
 head (or the mean over heads), and clicks or hovers a query token to see what it attends to:
 lines from the query column to the key column (opacity = weight, as bertviz's head view),
 a heatmap of the shown window, the token's 10 most attended keys and a strip of its weights
@@ -67,10 +67,10 @@ def _stack_steps(steps: list[np.ndarray]) -> np.ndarray:
 
 def view_layers(records: Any, *, heads_averaged: bool = False, batch: int = 0,
                 kinds: Sequence[str] = ("attention",)) -> list[tuple[str, np.ndarray]]:
-    """The layers :func:`attention_view` shows: ``[(label, weights (H, L, S)), ...]``.
+    """The layers `attention_view` shows: ``[(label, weights (H, L, S)), ...]``.
 
-    ``records``: an :class:`~attnzoo.AttentionRecorder` (its records of the given ``kinds``), a
-    list of :class:`~attnzoo.AttentionMap`, a mapping ``{label: tensor or array}``, or one
+    ``records``: an `AttentionRecorder` (its records of the given ``kinds``), a
+    list of `AttentionMap`, a mapping ``{label: tensor or array}``, or one
     tensor/array.
     """
     if isinstance(records, (Tensor, np.ndarray)):
@@ -118,7 +118,7 @@ def attention_view(
     """Write the interactive view of ``records`` to ``path`` (atomically), or return the HTML.
 
     Args:
-        records: what to show, see :func:`view_layers` (e.g. a recorder after ``with``).
+        records: what to show, see `view_layers` (e.g. a recorder after ``with``).
         tokens: labels of the keys (S of them); ``query_tokens`` those of the queries (default:
             ``tokens``). Each layer takes, for its L queries, ``query_tokens`` if there are L of
             them, else ``tokens`` if there are L, else positions 0, 1, ...; for its S keys,
