@@ -464,10 +464,12 @@ def _dead_pid() -> int:
 
 
 def _fake_staging(parent: Path, name: str, pid: int, token: str = "0123456789abcdef", **run) -> Path:
+    """A staging folder as a run killed after writing one figure leaves it (the figure recorded)."""
     folder = parent / f".{name}.attnzoo-{pid}-{token}.partial"
     folder.mkdir()
-    manifest.write(folder, {"pid": pid, "token": token, **run}, complete=False)
     (folder / "vision_fig.png").write_bytes(b"half")
+    files = {"vision_fig.png": {"bytes": 4, "sha256": manifest.sha256_file(folder / "vision_fig.png")}}
+    manifest.write(folder, {"pid": pid, "token": token, **run}, complete=False, files=files)
     return folder
 
 
@@ -486,6 +488,38 @@ def test_staging_left_by_a_dead_run_is_removed_only_if_ours(tmp_path, capsys):
     assert not stale.exists()
     assert alive.exists() and copied.exists() and (lookalike / "thesis.tex").exists()
     assert f"process {dead}" in capsys.readouterr().err
+    staging.discard()
+
+
+def test_a_stale_staging_folder_loses_only_the_files_attnzoo_recorded(tmp_path, capsys):
+    dead = _dead_pid()
+    stale = _fake_staging(tmp_path, "report", dead)
+    (stale / "notes.txt").write_text("put here after the run was killed")
+    (stale / ".index.html.abc123.tmp.html").write_text("a temporary file attnzoo did not record")
+    Staging(tmp_path / "report").discard()
+    assert sorted(os.listdir(stale)) == [".index.html.abc123.tmp.html", manifest.MANIFEST, "notes.txt"]
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "left" in err and "not written by attnzoo" in err, err
+    (stale / "notes.txt").unlink()  # once only attnzoo's files are left, the folder goes
+    (stale / ".index.html.abc123.tmp.html").unlink()
+    Staging(tmp_path / "report").discard()
+    assert not stale.exists()
+
+
+def test_a_run_records_every_file_in_its_staging_manifest_as_it_writes(tmp_path):
+    from attnzoo._io import atomic_path, atomic_write_text
+
+    staging = Staging(tmp_path / "report")
+    atomic_write_text(staging.path / "index.html", "<p>page</p>")
+    with atomic_path(staging.path / "fig.png") as tmp:
+        tmp.write_bytes(b"png")
+        data = manifest.read(staging.path)  # killed here: the temporary file is listed as ours
+        assert data["temporary"] == [tmp.name] and list(data["files"]) == ["index.html"]
+    atomic_write_text(tmp_path / "elsewhere.txt", "not in the staging folder")
+    data = manifest.read(staging.path)
+    assert data["complete"] is False and data["temporary"] == []
+    assert data["files"] == {n: {"bytes": os.path.getsize(staging.path / n),
+                                 "sha256": manifest.sha256_file(staging.path / n)} for n in ("fig.png", "index.html")}
     staging.discard()
 
 

@@ -5,6 +5,11 @@ these helpers: data is written to a temporary file in the destination's director
 flushed and fsynced, then ``os.replace``d onto the destination. A reader therefore
 sees either the old file or the complete new one, never a partial write, and an
 interrupted run (error or Ctrl-C) leaves no stray temporary file behind.
+
+``watch_writes(callback)`` lets a command learn of every file written this way while it
+runs: ``callback("temporary", tmp)`` once the temporary file exists and
+``callback("written", dest)`` once ``dest`` is in place (the tour records its files in its
+manifest as they are written, so that only they are ever removed).
 """
 
 from __future__ import annotations
@@ -13,11 +18,30 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json",
+           "watch_writes"]
+
+_WATCHERS: list[Callable[[str, Path], None]] = []
+
+
+def watch_writes(callback: Callable[[str, Path], None]) -> Callable[[], None]:
+    """Call ``callback(event, path)`` for every file these helpers write from now on
+    (``event`` is ``"temporary"`` or ``"written"``); return the function that stops it."""
+    _WATCHERS.append(callback)
+
+    def stop() -> None:
+        with contextlib.suppress(ValueError):
+            _WATCHERS.remove(callback)
+    return stop
+
+
+def _tell(event: str, path: Path) -> None:
+    for callback in list(_WATCHERS):
+        callback(event, path)
 
 # mkstemp creates files readable only by the owner; give new files the usual
 # umask-derived mode instead (read once, at import, as os.umask has no getter).
@@ -64,6 +88,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        _tell("temporary", tmp)
         try:
             mode = dest.stat().st_mode & 0o7777  # keep an existing file's permissions
         except OSError:
@@ -80,6 +105,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
         raise
     _fsync_dir(directory)
+    _tell("written", dest)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
