@@ -301,8 +301,6 @@ def _one_line(exc: BaseException) -> str:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """The ``run`` entry point set by `add_arguments` (bad values: ``UsageError``)."""
-    from .._errors import CommandError
-    from .._io import atomic_write_json
     from ._core import Row, format_table
 
     options = _options(args)
@@ -314,12 +312,27 @@ def main_from_args(args: argparse.Namespace) -> int:
     print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, device {m['device']}{gpu}, "
           f"dtype {options['dtype']}; medians of {options['repeats']} samples; ratio > 1: attnzoo better")
     if options["json"]:
-        try:
-            atomic_write_json(_json_target(options["json"]), report)
-        except OSError as exc:  # checked before the run; the disk can still fill up
-            raise CommandError(f"--json {options['json']}: cannot write ({exc.strerror or exc})") from None
-        print(f"wrote {options['json']}")
+        _write_json(options["json"], report)
     return 0
+
+
+def _write_json(path: str, report: dict[str, Any]) -> None:
+    """Write ``--json PATH`` at the end of the run, checked again: a file that appeared
+    meanwhile, or an earlier bench file replaced by someone else's, is never replaced."""
+    from pathlib import Path
+
+    from .._errors import CommandError
+    from .._io import write_json_owned
+
+    target = Path(_json_target(path))
+    try:  # checked before the run; the disk can still fill up
+        written = write_json_owned(target, report, lambda p: _is_bench_json(str(p)))
+    except OSError as exc:
+        raise CommandError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
+    if written != target:
+        raise CommandError(f"--json {path}: {target} appeared during the run and was not written by attnzoo "
+                           f"bench; it was left as it is and the results were written to {written}")
+    print(f"wrote {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
