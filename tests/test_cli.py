@@ -126,8 +126,11 @@ def test_demo_help_describes_every_option(capsys):
     assert code == 0
     for option in OPTIONS:
         assert option in out
-    for word in ("attnzoo-report", "vision", "dates", "cpu", "cuda", "seed", "index.html", "results.json"):
-        assert word in out, word
+    for word in ("attnzoo-report/", "attnzoo-report-quick/", "vision", "resnet", "speech", "dates", "cpu", "cuda",
+                 "seed", "index.html", "results.json", "same machine type", "torch build"):
+        assert word in " ".join(out.split()), word
+    flat = " ".join(out.split())
+    assert "bit-reproducible" not in flat.replace("bit-reproducible only on the same machine type", "")
     # every option has a help text, not just its name
     actions = {a.option_strings[0]: a for a in _demo_parser()._actions if a.option_strings}
     for option in OPTIONS:
@@ -142,7 +145,7 @@ def _demo_parser():
 
 def test_defaults():
     args = _demo_parser().parse_args([])
-    assert (args.out, args.quick, args.seed, args.only, args.device) == ("attnzoo-report", False, 0, None, "cpu")
+    assert (args.out, args.quick, args.seed, args.only, args.device) == (None, False, 0, None, "cpu")
     assert args.run is attnzoo.demo.run_demo
 
 
@@ -196,6 +199,22 @@ def test_out_in_a_read_only_folder(capsys, no_training, unwritable_dir):
     code, out, err = run_cli(["demo", "--quick", "--out", str(unwritable_dir / "report")], capsys)
     assert_usage_error(code, out, err, "--out", "cannot write")
     assert sorted(os.listdir(unwritable_dir)) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_out_that_cannot_be_created_says_so(capsys, no_training):
+    code, out, err = run_cli(["demo", "--quick", "--out", "/proc/x"], capsys)
+    assert_usage_error(code, out, err, "--out /proc/x: cannot be created: cannot write in /proc",
+                       "the file system there takes no new folders")
+
+
+def test_quick_runs_have_their_own_default_folder(capsys, fake_tour, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["demo", "--only", "vision"], capsys)[0] == 0
+    full = snapshot(tmp_path / "attnzoo-report")
+    assert run_cli(["demo", "--quick", "--only", "vision"], capsys)[0] == 0
+    assert snapshot(tmp_path / "attnzoo-report") == full  # the full report is still there
+    assert sorted(os.listdir(tmp_path)) == ["attnzoo-report", "attnzoo-report-quick"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is available here")
@@ -539,3 +558,19 @@ def test_an_earlier_report_set_aside_by_a_killed_run_is_put_back(tmp_path, capsy
     (aside / "notes.txt").write_text("not in the manifest")
     Staging(tmp_path / "report").discard()
     assert sorted(os.listdir(aside)) == [manifest.MANIFEST, "notes.txt"]
+
+
+def test_the_commands_never_import_the_cli():
+    """The import graph points one way: ``cli`` uses ``demo``/``bench``, never the reverse."""
+    import ast
+
+    root = Path(attnzoo.__file__).parent
+    for path in [*(root / "bench").glob("*.py"), *(root / "demo").glob("*.py"), root / "distributed" / "bench.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{'.' * node.level}{node.module or ''}"] + [a.name for a in node.names if not node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.endswith("cli") or n == "attnzoo.cli" for n in names), f"{path.name} imports cli"

@@ -68,6 +68,7 @@ SIZES["cuda"] = {
 }
 
 SCHEMA = "attnzoo-bench/1"
+DESCRIPTION = "Time attnzoo against the PyTorch equivalents in one run and print ratios."
 #: Default dtype per device type: what people train in there.
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
@@ -337,6 +338,10 @@ def _write_json(path: str, report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m attnzoo.bench [options]``: same options and exit codes as ``attnzoo bench``."""
-    from ..cli import main as cli_main
+    from .._errors import OneLineParser, run_command
 
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+    def parser() -> argparse.ArgumentParser:
+        made = OneLineParser(prog="attnzoo bench", description=DESCRIPTION)
+        add_arguments(made)
+        return made
+    return run_command(parser, sys.argv[1:] if argv is None else argv, lambda args: "attnzoo bench")

@@ -1,8 +1,7 @@
-"""What the parts of the tour share: budgets, progress lines, seeding, small statistics."""
+"""What the parts of the tour share: budgets, progress lines, timing (statistics: ``stats.py``)."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import sys
@@ -149,38 +148,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-
-
-# Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042)
-
-
 def mean_histories(histories: dict[str, list[dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:
     """One curve per model: the mean over seeds of each epoch's loss and accuracy."""
     return {n: {k: [sum(v) / len(v) for v in zip(*(h[k] for h in hs))] for k in ("loss", "accuracy")}
             for n, hs in histories.items()}
-
-
-def paired_difference(treated: Sequence[float], control: Sequence[float]) -> dict[str, Any]:
-    """Paired comparison over seeds, in accuracy POINTS (x100): mean, sd, 95% t interval.
-
-    ``significant`` is True when the 95% interval excludes 0 (needs >= 2 seeds).
-    """
-    diffs = [100.0 * (a - b) for a, b in zip(treated, control)]
-    m, s = mean_std(diffs)
-    n = len(diffs)
-    if n < 2:
-        return {"mean_points": m, "std_points": s, "ci95_points": [m, m], "n": n, "significant": False}
-    half = _T95[min(n - 1, len(_T95)) - 1] * s / math.sqrt(n)
-    lo, hi = m - half, m + half
-    return {"mean_points": m, "std_points": s, "ci95_points": [lo, hi], "n": n,
-            "significant": bool(lo > 0 or hi < 0)}

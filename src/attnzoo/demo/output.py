@@ -26,6 +26,7 @@ manifest lists and that still match their hash.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -193,7 +194,11 @@ class Staging:
         except OSError as exc:
             shutil.rmtree(self.path, ignore_errors=True)
             self._remove_created()
-            raise UsageError(f"{where}: cannot write in {parent} ({exc.strerror or exc})") from None
+            failed_in = Path(exc.filename).parent if exc.filename else parent
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.ENOENT and failed_in.is_dir():  # e.g. /proc: the folder exists, takes nothing
+                why += ", although it exists: the file system there takes no new folders"
+            raise UsageError(f"{where}: cannot be created: cannot write in {failed_in} ({why})") from None
 
     def _foreign(self, error: type[CommandError]) -> tuple[str, str] | None:
         try:

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..data import make_cluttered_digits
-from .common import ResNetBudget, mean_histories, mean_std, paired_difference, say
+from .common import ResNetBudget, mean_histories, say
+from .stats import mean_std, paired_difference
 from .vision import evaluate, train_classifier
 
 #: variant -> (kind, where) for ``add_attention``; None = the plain ResNet.

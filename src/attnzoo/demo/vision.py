@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from ..data import ClutteredDigits, make_cluttered_digits
 from ..factory import create_attention
 from ..record import AttentionRecorder
-from .common import VisionBudget, mean_histories, mean_std, paired_difference, progress_bar, say, stopwatch, sync
+from .common import VisionBudget, mean_histories, progress_bar, say, stopwatch, sync
+from .stats import mean_std, paired_difference
 
 MODELS = ("baseline", "se", "cbam")
 _ATTENTION = {"baseline": None, "se": "se", "cbam": "cbam"}
