@@ -63,7 +63,7 @@ def math_attention(
 
 def needs_math(*tensors: Tensor | None) -> bool:
     """True where the fused kernel cannot serve: a size 0, torch.func transforms, forward AD."""
-    if any(t is not None and t.numel() == 0 for t in tensors):
+    if not torch.jit.is_tracing() and any(t is not None and t.numel() == 0 for t in tensors):  # traced: no bools
         return True
     if torch._C._are_functorch_transforms_active():
         return True

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 
 import torch.nn.functional as F
 from torch import Tensor
+from torch.jit import is_tracing
 
 from . import _weights
 from ._checks import check_dropout, check_mask_dtype, check_tensor
@@ -133,7 +134,8 @@ def sdpa(
     """
     if attn_mask is not None and attn_mask.dim() < 2:  # (S,) or scalar: give it a row dim
         attn_mask = attn_mask.reshape(1, -1)
-    if enable_gqa and query.dim() >= 3 and query.size(-3) != key.size(-3):
+    # under torch.jit.trace the sizes are traced values: repeat (by 1, a copy) rather than branch on them
+    if enable_gqa and query.dim() >= 3 and (is_tracing() or query.size(-3) != key.size(-3)):
         groups = query.size(-3) // key.size(-3)
         key = key.repeat_interleave(groups, dim=-3)  # (*, H, S, E)
         value = value.repeat_interleave(groups, dim=-3)  # (*, H, S, Ev)
