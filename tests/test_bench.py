@@ -458,3 +458,28 @@ def test_distributed_format_table_survives_a_zero_peak():
     rows = [_fake_row(1, 64, 1, 4, fused=True), _fake_row(1, 64, 1, 4), _fake_row(2, 64, 1, 4)]
     lines = format_table(rows).splitlines()
     assert len(lines) == 5 and all(line.split("|")[5].strip() == "—" for line in lines[2:])
+
+
+def test_quick_compile_notes_say_which_case_is_compiled():
+    from attnzoo.bench import cases_models
+    from attnzoo.bench._core import Context
+
+    ctx = Context(quick=True, repeats=1, warmup=0, device=torch.device("cpu"), sizes=SIZES["quick"], min_sample_s=0.0)
+    jobs = list(cases_models.compile_group(ctx))
+    compiled = SIZES["quick"]["compile"]["cases"]
+    assert compiled and [j.operation for j in jobs if j.operation[: -len(" compiled")] in compiled]
+    for job in jobs:
+        if job.operation[: -len(" compiled")] not in compiled:
+            row = job.run()
+            assert row.attnzoo is None and row.note.startswith("not compiled in this run (it compiles "
+                                                               + ", ".join(compiled) + " only)")
+    help_text = " ".join(bench_help().split())
+    assert "in seconds" not in help_text and "about a minute or two" in help_text
+
+
+def bench_help() -> str:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return next(a.help for a in parser._actions if "--quick" in a.option_strings)

@@ -374,3 +374,22 @@ def test_two_seeds_are_never_significant():
     cmp = paired_difference([0.99, 0.98], [0.50, 0.51])  # +48 points, tiny sd
     assert cmp["significant"] is False and cmp["seeds_needed"] == 3
     assert "fewer than 3 seeds" in verdict("se", cmp)
+
+
+def test_reproducibility_is_stated_the_same_way_everywhere():
+    """README (its generated block), docs, ``demo --help`` and the report page all say what
+    is reproducible in the words of ``stats.REPRODUCIBLE``, and nothing claims more."""
+    from attnzoo.demo import DESCRIPTION
+    from attnzoo.demo.page import page
+    from attnzoo.demo.stats import REPRODUCIBLE
+
+    def flat(text: str) -> str:
+        return " ".join(text.split())
+    readme = flat((ROOT / "README.md").read_text("utf-8"))
+    docs = flat((ROOT / "docs" / "index.md").read_text("utf-8"))
+    results = {"seed": 0, "quick": False, "only": None, "seconds": 1.0,
+               "environment": {"device": "cpu", "torch": "x"}}
+    for where, text in (("README", readme), ("docs/index.md", docs), ("demo --help", flat(DESCRIPTION)),
+                        ("report page", flat(page(results, [], "")))):
+        assert flat(REPRODUCIBLE).lower() in text.lower(), where
+        assert "bit-reproducible" not in text and "gives the same numbers" not in text, where

@@ -24,7 +24,8 @@ from typing import Any
 
 __all__ = ["add_arguments", "main", "main_from_args", "run_benchmarks", "SIZES", "group_names"]
 
-#: Problem sizes per mode. ``--quick`` keeps every group to seconds on a laptop CPU.
+#: Problem sizes per mode. ``--quick`` keeps every shape small and compiles one case; its run
+#: time is then mostly that compile and the memory subprocesses' start-up (a minute or two).
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "functional": [(8, 8, 512, 64), (2, 8, 2048, 64)],  # (B, H, N, head size)
@@ -108,7 +109,9 @@ def _registry() -> tuple[dict[str, Any], dict[str, str]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``bench`` options to ``parser`` and make ``args.run`` the entry point."""
     parser.add_argument("--quick", action="store_true",
-                        help="much smaller shapes and fewer repeats: a smoke test in seconds, not a measurement")
+                        help="much smaller shapes, fewer repeats and one torch.compile case: a smoke test of every "
+                             "group, not a measurement; about a minute or two on a laptop CPU (compiling that case and "
+                             "starting the memory subprocesses take most of it)")
     parser.add_argument("--json", metavar="FILE", help="also write the machine and every row to FILE (atomically)")
     parser.add_argument("--only", metavar="GROUP[,GROUP]",
                         help="run only these groups (comma-separated); the groups are: " + ", ".join(_ORDER))
