@@ -131,7 +131,7 @@ def test_results_json_shape_and_ranges(tour):
     for name in MODELS:
         m = v["models"][name]
         assert _is_unit(m["accuracy_mean"]) and isinstance(m["accuracy_std"], float) and m["accuracy_std"] >= 0
-        assert len(m["accuracies"]) == len(v["seeds"]) >= 2 and all(_is_unit(a) for a in m["accuracies"])
+        assert len(m["accuracies"]) == len(v["seeds"]) >= 1 and all(_is_unit(a) for a in m["accuracies"])
         assert math.isclose(m["accuracy_mean"], sum(m["accuracies"]) / len(m["accuracies"]))
         assert isinstance(m["params"], int) and m["params"] > 0
         assert isinstance(m["seconds"], float) and m["seconds"] > 0

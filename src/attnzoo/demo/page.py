@@ -48,6 +48,7 @@ def vision_section(v: dict[str, Any]) -> str:
             f"{s['digit_vs_clutter_ink_mean']:.2f} ± {s['digit_vs_clutter_ink_std']:.2f}"]
            for s in v["cbam_localization_per_stage"]]
     n = len(v["seeds"])
+    seeds = f"{n} seed" + ("s" if n != 1 else "")
     fits = fit_text(v)
     se_figs = "".join(_fig(f[k], f"SE model, stage {k[len('se_stage'):]}: mean gate per class (rows) and channel")
                       for k in sorted(f) if k.startswith("se_stage"))
@@ -61,12 +62,12 @@ def vision_section(v: dict[str, Any]) -> str:
 {t['fragment_size']}x{t['fragment_size']} fragments of other digits; train and test canvases are built from
 disjoint sets of source digit images. The same small CNN (three conv stages, widths {', '.join(map(str, t['widths']))}, global average pooling) is trained three ways with identical data,
 batch order, initial weights of the shared layers and budget ({t['n_train']} training images, {t['epochs']} epochs,
-batch {t['batch_size']}), for {n} seeds; accuracy is on {t['n_test']} test canvases.</p>
+batch {t['batch_size']}), for {seeds}; accuracy is on {t['n_test']} test canvases.</p>
 {_table(['model', 'test accuracy (mean ± sd)', 'per seed', 'train accuracy (mean)', 'parameters',
          'train seconds'], rows)}
 <p>The comparisons with the baseline are in the Findings at the top. {' '.join(escape(t) for t in fits)}</p>
-{_fig(f['accuracy'], f'Test accuracy, mean ± sd over {n} seeds')}
-{_fig(f['curves'], f'Training loss and test accuracy per epoch, mean of {n} seeds; one colour per model, '
+{_fig(f['accuracy'], f'Test accuracy, mean ± sd over {seeds}')}
+{_fig(f['curves'], f'Training loss and test accuracy per epoch, mean of {seeds}; one colour per model, '
                    'the same as in the bar chart')}
 <div class="mech"><h3>Squeeze-and-Excitation (channel attention)</h3>
 <p>An SE block squeezes each feature map to one number (its spatial mean), passes these channel descriptors
@@ -118,6 +119,7 @@ evaluation mode after training; the gap is train minus test accuracy in points.<
 def speech_section(sp: dict[str, Any]) -> str:
     t, m, f, a = sp["task"], sp["models"], sp["figures"], sp["attention"]
     n = len(sp["seeds"])
+    seeds = f"{n} seed" + ("s" if n != 1 else "")
     rows = [[SPEECH_NAMES[h], acc(m[h]["accuracy_mean"], m[h]["accuracy_std"]),
              " ".join(f"{x:.3f}" for x in m[h]["accuracies"]), f"{m[h]['train_accuracy_mean']:.3f}",
              f"{m[h]['params']:,}", f"{m[h]['seconds']:.1f}"] for h in SPEECH_NAMES if h in m]
@@ -130,7 +132,7 @@ each utterance is {t['frames'][0]}–{t['frames'][1]} frames of 12 LPC cepstrum 
 classifier: the <em>last state</em> (output at the last real frame), the <em>masked mean</em> over the real frames,
 and <code>TemporalAttention</code>, a learned weight per frame (softmax over the real frames; padding gets exactly
 0) and the weighted mean. Same encoder initialisation, data order and budget ({t['epochs']} epochs, batch
-{t['batch_size']}), {n} seeds.</p>
+{t['batch_size']}), {seeds}.</p>
 {_table(['head', 'test accuracy (mean ± sd)', 'per seed', 'train accuracy (mean)', 'parameters', 'train seconds'],
         rows)}
 <div class="mech"><h3>Temporal attention</h3>
@@ -141,7 +143,7 @@ the weights for a few test utterances of each of the 9 speakers (rows grouped by
 ended). Weighted position {a['centre_mean']:.2f} (0 = first frame, 1 = last); weight on the last frame
 {a['last_frame_weight_mean']:.2f} on average.</p>
 {_fig(f['attention'], 'Temporal attention weights over the frames of test utterances, grouped by speaker')}</div>
-{_fig(f['accuracy'], f'Test accuracy per head, mean ± sd over {n} seeds')}"""
+{_fig(f['accuracy'], f'Test accuracy per head, mean ± sd over {seeds}')}"""
 
 
 def views_section(views: list[dict[str, str]]) -> str:
