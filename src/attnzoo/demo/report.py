@@ -54,8 +54,8 @@ def readme_results(results: dict[str, Any], quick: dict[str, Any] | None = None)
     env = results["environment"]
     head = (f"Run `{env.get('command', 'attnzoo demo')}` on {env.get('date', '?')}: attnzoo {env.get('attnzoo', '?')}, "
             f"torch {env['torch']}, {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, {env['threads']} "
-            f"thread used), {_times(results)}. CPU time is about what the run takes on an idle machine; other "
-            "work on the machine slows every timing.")
+            f"thread used), {_times(results)}. CPU time is the closer guide to the run time on an idle machine: "
+            "other work on the machine slows the wall-clock time most, and the CPU time somewhat.")
     if quick is not None:
         head += f" `{quick['environment'].get('command', 'attnzoo demo --quick')}`: {_times(quick)}."
     head += f" Reproducibility: {REPRODUCIBLE}. How findings are worded: {RULE}."
