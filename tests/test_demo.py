@@ -212,7 +212,8 @@ def test_html_is_self_contained_and_shows_the_numbers(tour):
     for mechanism in ("Squeeze-and-Excitation", "CBAM", "Self-attention", "Cross-attention"):
         assert mechanism in html
     # the page states the finding in words, whatever it is, each sentence once
-    assert re.search(r"(beat|did worse than) the baseline|No significant difference", html)
+    assert re.search(r"(beat|did worse than) the baseline|Not conclusive whether \w+ differs from the baseline"
+                     r"|from a single seed, too few to tell", html)
     from html import escape
 
     from attnzoo.demo.report import findings
