@@ -361,3 +361,126 @@ def test_gpu_check_table_states_each_goal_and_whether_it_is_met(tmp_path):
     text = "a\n<!-- gpu-check: g.json -->\nold\n<!-- /gpu-check -->\nb\n"
     new = render_blocks(text, tmp_path)
     assert "old" not in new and new.endswith("<!-- /gpu-check -->\nb\n") and render_blocks(new, tmp_path) == new
+
+
+# ------------------------------------- --json: never a file that appeared during the run
+
+
+def _fake_report(path, content: str | None):
+    """A run that takes no time; ``path`` gets ``content`` while it runs (None: removed)."""
+    def run(options, **kwargs):
+        if content is None:
+            path.unlink()
+        else:
+            path.write_text(content)
+        return {"schema": bench.SCHEMA, "machine": {"cpu": "x", "cores": 1, "torch": "t", "threads": 1,
+                                                      "device": "cpu"}, "rows": []}
+    return run
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_bench_json_that_appears_during_the_run_is_not_replaced(earlier, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "bench.json"
+    if earlier:  # an earlier bench file (replaceable at the start) that someone replaced meanwhile
+        target.write_text(json.dumps({"schema": bench.SCHEMA, "rows": []}))
+    monkeypatch.setattr(bench, "run_benchmarks", _fake_report(target, '{"mine": 1}'))
+    assert main(["--quick", "--json", str(target)]) == 1
+    err = capsys.readouterr().err
+    kept = tmp_path / "bench.json.attnzoo-new"
+    assert err == (f"attnzoo bench: error: --json {target}: {target} appeared during the run and was not "
+                   f"written by attnzoo bench; it was left as it is and the results were written to {kept}\n")
+    assert target.read_text() == '{"mine": 1}'
+    assert json.loads(kept.read_text())["schema"] == bench.SCHEMA
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "bench.json.attnzoo-new"]
+
+
+def test_bench_json_replaces_its_own_earlier_file_and_writes_a_new_one(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "bench.json"
+    target.write_text(json.dumps({"schema": bench.SCHEMA, "rows": [], "old": True}))
+    monkeypatch.setattr(bench, "run_benchmarks", _fake_report(target, json.dumps({"schema": bench.SCHEMA})))
+    assert main(["--quick", "--json", str(target)]) == 0
+    assert json.loads(target.read_text())["rows"] == []
+    monkeypatch.setattr(bench, "run_benchmarks", _fake_report(target, None))  # removed meanwhile: created
+    assert main(["--quick", "--json", str(target)]) == 0
+    assert json.loads(target.read_text())["rows"] == [] and [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_write_new_never_replaces(tmp_path):
+    from attnzoo._io import atomic_write_bytes
+
+    target = tmp_path / "x.json"
+    atomic_write_bytes(target, b"first", replace=False)
+    with pytest.raises(FileExistsError):
+        atomic_write_bytes(target, b"second", replace=False)
+    assert target.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+# ----------------------------------------------------- python -m attnzoo.distributed.bench
+
+
+def _fake_row(P, length, heads, head_dim, fused=False, layers=0):
+    return {"P": P, "fused": fused, "layers": layers, "length": length, "local_length": length // P,
+            "heads": heads, "head_dim": head_dim, "threads_per_rank": 1, "peak_mb": 0.0, "seconds": 0.001,
+            "bytes_sent": 0, "bytes_analytic": 0, "per_rank": []}
+
+
+def test_distributed_bench_json_that_appears_during_the_run_is_not_replaced(tmp_path, monkeypatch, capsys):
+    from attnzoo.distributed import bench as dbench
+
+    target = tmp_path / "dist.json"
+
+    def row(*args, **kwargs):
+        target.write_text('{"mine": 1}')
+        return _fake_row(*args, **kwargs)
+    monkeypatch.setattr(dbench, "run_row", row)
+    assert dbench.main(["--json", str(target), "--ranks", "1", "--layers", "0"]) == 1
+    err = capsys.readouterr().err
+    kept = tmp_path / "dist.json.attnzoo-new"
+    assert err.splitlines()[-1] == (f"error: --json {target}: {target} appeared during the run and was not written "
+                                    f"by this benchmark; it was left as it is and the results were written to {kept}")
+    assert target.read_text() == '{"mine": 1}' and json.loads(kept.read_text())["rows"]
+
+
+def test_distributed_bench_too_small_to_measure_exits_2_before_any_work(monkeypatch, capsys):
+    from attnzoo.distributed import bench as dbench
+
+    def boom(*args, **kwargs):
+        raise AssertionError("measured although the arguments were bad")
+    monkeypatch.setattr(dbench, "run_row", boom)
+    argv = ["--length", "64", "--ranks", "1", "--layers", "0", "--heads", "1", "--head-dim", "4"]
+    assert dbench.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "--length" in err and "too small" in err, err
+
+
+def test_distributed_format_table_survives_a_zero_peak():
+    from attnzoo.distributed.bench import format_table
+
+    rows = [_fake_row(1, 64, 1, 4, fused=True), _fake_row(1, 64, 1, 4), _fake_row(2, 64, 1, 4)]
+    lines = format_table(rows).splitlines()
+    assert len(lines) == 5 and all(line.split("|")[5].strip() == "—" for line in lines[2:])
+
+
+def test_quick_compile_notes_say_which_case_is_compiled():
+    from attnzoo.bench import cases_models
+    from attnzoo.bench._core import Context
+
+    ctx = Context(quick=True, repeats=1, warmup=0, device=torch.device("cpu"), sizes=SIZES["quick"], min_sample_s=0.0)
+    jobs = list(cases_models.compile_group(ctx))
+    compiled = SIZES["quick"]["compile"]["cases"]
+    assert compiled and [j.operation for j in jobs if j.operation[: -len(" compiled")] in compiled]
+    for job in jobs:
+        if job.operation[: -len(" compiled")] not in compiled:
+            row = job.run()
+            assert row.attnzoo is None and row.note.startswith("not compiled in this run (it compiles "
+                                                               + ", ".join(compiled) + " only)")
+    help_text = " ".join(bench_help().split())
+    assert "in seconds" not in help_text and "about a minute or two" in help_text
+
+
+def bench_help() -> str:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return next(a.help for a in parser._actions if "--quick" in a.option_strings)

@@ -126,8 +126,11 @@ def test_demo_help_describes_every_option(capsys):
     assert code == 0
     for option in OPTIONS:
         assert option in out
-    for word in ("attnzoo-report", "vision", "dates", "cpu", "cuda", "seed", "index.html", "results.json"):
-        assert word in out, word
+    for word in ("attnzoo-report/", "attnzoo-report-quick/", "vision", "resnet", "speech", "dates", "cpu", "cuda",
+                 "seed", "index.html", "results.json", "same machine type", "torch build"):
+        assert word in " ".join(out.split()), word
+    flat = " ".join(out.split())
+    assert "bit-reproducible" not in flat.replace("bit-reproducible only on the same machine type", "")
     # every option has a help text, not just its name
     actions = {a.option_strings[0]: a for a in _demo_parser()._actions if a.option_strings}
     for option in OPTIONS:
@@ -142,7 +145,7 @@ def _demo_parser():
 
 def test_defaults():
     args = _demo_parser().parse_args([])
-    assert (args.out, args.quick, args.seed, args.only, args.device) == ("attnzoo-report", False, 0, None, "cpu")
+    assert (args.out, args.quick, args.seed, args.only, args.device) == (None, False, 0, None, "cpu")
     assert args.run is attnzoo.demo.run_demo
 
 
@@ -196,6 +199,22 @@ def test_out_in_a_read_only_folder(capsys, no_training, unwritable_dir):
     code, out, err = run_cli(["demo", "--quick", "--out", str(unwritable_dir / "report")], capsys)
     assert_usage_error(code, out, err, "--out", "cannot write")
     assert sorted(os.listdir(unwritable_dir)) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_out_that_cannot_be_created_says_so(capsys, no_training):
+    code, out, err = run_cli(["demo", "--quick", "--out", "/proc/x"], capsys)
+    assert_usage_error(code, out, err, "--out /proc/x: cannot be created: cannot write in /proc",
+                       "the file system there takes no new folders")
+
+
+def test_quick_runs_have_their_own_default_folder(capsys, fake_tour, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["demo", "--only", "vision"], capsys)[0] == 0
+    full = snapshot(tmp_path / "attnzoo-report")
+    assert run_cli(["demo", "--quick", "--only", "vision"], capsys)[0] == 0
+    assert snapshot(tmp_path / "attnzoo-report") == full  # the full report is still there
+    assert sorted(os.listdir(tmp_path)) == ["attnzoo-report", "attnzoo-report-quick"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is available here")
@@ -464,10 +483,12 @@ def _dead_pid() -> int:
 
 
 def _fake_staging(parent: Path, name: str, pid: int, token: str = "0123456789abcdef", **run) -> Path:
+    """A staging folder as a run killed after writing one figure leaves it (the figure recorded)."""
     folder = parent / f".{name}.attnzoo-{pid}-{token}.partial"
     folder.mkdir()
-    manifest.write(folder, {"pid": pid, "token": token, **run}, complete=False)
     (folder / "vision_fig.png").write_bytes(b"half")
+    files = {"vision_fig.png": {"bytes": 4, "sha256": manifest.sha256_file(folder / "vision_fig.png")}}
+    manifest.write(folder, {"pid": pid, "token": token, **run}, complete=False, files=files)
     return folder
 
 
@@ -489,6 +510,38 @@ def test_staging_left_by_a_dead_run_is_removed_only_if_ours(tmp_path, capsys):
     staging.discard()
 
 
+def test_a_stale_staging_folder_loses_only_the_files_attnzoo_recorded(tmp_path, capsys):
+    dead = _dead_pid()
+    stale = _fake_staging(tmp_path, "report", dead)
+    (stale / "notes.txt").write_text("put here after the run was killed")
+    (stale / ".index.html.abc123.tmp.html").write_text("a temporary file attnzoo did not record")
+    Staging(tmp_path / "report").discard()
+    assert sorted(os.listdir(stale)) == [".index.html.abc123.tmp.html", manifest.MANIFEST, "notes.txt"]
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "left" in err and "not written by attnzoo" in err, err
+    (stale / "notes.txt").unlink()  # once only attnzoo's files are left, the folder goes
+    (stale / ".index.html.abc123.tmp.html").unlink()
+    Staging(tmp_path / "report").discard()
+    assert not stale.exists()
+
+
+def test_a_run_records_every_file_in_its_staging_manifest_as_it_writes(tmp_path):
+    from attnzoo._io import atomic_path, atomic_write_text
+
+    staging = Staging(tmp_path / "report")
+    atomic_write_text(staging.path / "index.html", "<p>page</p>")
+    with atomic_path(staging.path / "fig.png") as tmp:
+        tmp.write_bytes(b"png")
+        data = manifest.read(staging.path)  # killed here: the temporary file is listed as ours
+        assert data["temporary"] == [tmp.name] and list(data["files"]) == ["index.html"]
+    atomic_write_text(tmp_path / "elsewhere.txt", "not in the staging folder")
+    data = manifest.read(staging.path)
+    assert data["complete"] is False and data["temporary"] == []
+    assert data["files"] == {n: {"bytes": os.path.getsize(staging.path / n),
+                                 "sha256": manifest.sha256_file(staging.path / n)} for n in ("fig.png", "index.html")}
+    staging.discard()
+
+
 def test_an_earlier_report_set_aside_by_a_killed_run_is_put_back(tmp_path, capsys):
     dead = _dead_pid()
     aside = tmp_path / f".report.attnzoo-{dead}-0123456789abcdef.old"
@@ -505,3 +558,19 @@ def test_an_earlier_report_set_aside_by_a_killed_run_is_put_back(tmp_path, capsy
     (aside / "notes.txt").write_text("not in the manifest")
     Staging(tmp_path / "report").discard()
     assert sorted(os.listdir(aside)) == [manifest.MANIFEST, "notes.txt"]
+
+
+def test_the_commands_never_import_the_cli():
+    """The import graph points one way: ``cli`` uses ``demo``/``bench``, never the reverse."""
+    import ast
+
+    root = Path(attnzoo.__file__).parent
+    for path in [*(root / "bench").glob("*.py"), *(root / "demo").glob("*.py"), root / "distributed" / "bench.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{'.' * node.level}{node.module or ''}"] + [a.name for a in node.names if not node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.endswith("cli") or n == "attnzoo.cli" for n in names), f"{path.name} imports cli"

@@ -135,6 +135,10 @@ def test_sigterm_cleans_up_and_a_sigkilled_run_is_cleaned_up_next_time(tmp_path)
     # SIGKILL: the staging folder stays; the next run with the same --out removes it
     assert procs["kill"].returncode == -signal.SIGKILL
     assert staged["kill"].exists()
+    (staged["kill"] / "mine.txt").write_text("a file attnzoo did not write")
+    Staging(tmp_path / "kill" / "report").discard()  # attnzoo's own files go, mine.txt stays
+    assert sorted(os.listdir(staged["kill"])) == [MANIFEST, "mine.txt"]
+    (staged["kill"] / "mine.txt").unlink()
     nxt = Staging(tmp_path / "kill" / "report")
     assert not staged["kill"].exists()
     nxt.discard()

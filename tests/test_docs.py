@@ -67,3 +67,24 @@ def test_api_reference_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     record = (tmp_path / "site" / "api" / "record" / "index.html").read_text()
     # docs/griffe_doctests.py: bare ">>>" examples become code, not prose with link syntax
     assert '<code class="language-python">&gt;&gt;&gt; import torch, attnzoo as az' in record
+    for html in sorted((tmp_path / "site").rglob("*.html")):
+        leftovers = rest_leftovers(html.read_text())
+        assert not leftovers, f"{html.relative_to(tmp_path)} shows reST as text: {leftovers[:5]}"
+
+
+CODE = re.compile(r"<(code|pre|script|style)\b.*?</\1>", flags=re.S)
+ROLE = re.compile(r":(?:py:)?(?:func|meth|mod|class|attr|data|exc|obj|const):(?:`|&#96;)?")
+
+
+def rest_leftovers(html: str) -> list[str]:
+    """Sphinx roles and reST ``::`` markers left in an HTML page's prose (code excluded)."""
+    text = re.sub(r"<[^>]+>", " ", CODE.sub(" ", html))
+    found = ROLE.findall(text)
+    found += [m.group(0) for m in re.finditer(r"\S*::(?!\w)\S*", text)]
+    return found
+
+
+def test_rest_leftovers_finds_roles_and_literal_markers() -> None:
+    assert rest_leftovers("<p>see :func:`f` and :mod:`m`</p>") == [":func:`", ":mod:`"]
+    assert rest_leftovers("<p>Shapes::</p><pre>a::b</pre>") == ["Shapes::"]
+    assert rest_leftovers("<p>ok <code>:func:`f` x::</code> a::b</p>") == []

@@ -1,7 +1,7 @@
 """One static-shape decoding step, replayed as a CUDA graph: the GPU stops waiting on Python.
 
 A decoding step launches a few hundred small kernels; on a GPU, launching them from
-Python takes longer than running them. :class:`GraphedStep` captures one step once
+Python takes longer than running them. `GraphedStep` captures one step once
 (``torch.cuda.CUDAGraph``) over static buffers, then each token costs a copy into those
 buffers and one ``replay()``.
 
@@ -9,7 +9,7 @@ The captured step must have static shapes, so it attends over the WHOLE prealloc
 cache ``(B, Hkv, max_len, hs)`` with a mask of the valid positions ``arange(max_len) <=
 pos``, and takes the position as a device tensor (see ``attend_cached`` with a tensor
 ``pos``). On the CPU, or whenever something watches the modules (see
-:func:`graph_blocker`), decoding stays eager and dynamic-shape instead (attention over the
+`graph_blocker`), decoding stays eager and dynamic-shape instead (attention over the
 valid prefix only, which is what a CPU wants).
 """
 

@@ -1,8 +1,9 @@
 """How the commands (``attnzoo demo``, ``attnzoo bench``) fail and stop.
 
 This module sits below ``cli``, ``demo/`` and ``bench/``: they all raise these errors and
-``cli.main`` turns them into an exit status and one line on stderr. Nothing here imports
-torch or another attnzoo module, so the import graph points one way (commands -> here).
+``run_command`` (used by ``cli.main`` and ``python -m attnzoo.bench``) turns them into an
+exit status and one line on stderr. Nothing here imports torch or another attnzoo module,
+so the import graph points one way (commands -> here).
 
 * ``CommandError``: the command cannot finish (exit status 1), e.g. a report that could
   not be put in place; ``UsageError``: a bad option value (exit status 2), found before
@@ -16,12 +17,15 @@ torch or another attnzoo module, so the import graph points one way (commands ->
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["CommandError", "UsageError", "Interrupted", "signals_as_interrupts", "interrupts_deferred"]
+__all__ = ["CommandError", "UsageError", "Interrupted", "signals_as_interrupts", "interrupts_deferred",
+           "OneLineParser", "run_command"]
 
 
 class CommandError(Exception):
@@ -87,3 +91,40 @@ def interrupts_deferred() -> Iterator[None]:
         yield
     if pending:
         raise KeyboardInterrupt if pending[0] == signal.SIGINT else Interrupted(pending[0])
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (exit status 2), no usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def run_command(make_parser: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None,
+                name_of: Callable[[argparse.Namespace], str]) -> int:
+    """Build the parser, parse ``argv`` and call ``args.run(args)``; return the exit status.
+
+    ``CommandError``: its status and one line ``NAME: error: ...``; Ctrl-C/SIGTERM: 130/143
+    and one line; no ``args.run`` (no command given): the help, status 2. The parser is built
+    inside the signal handling, so Ctrl-C while torch imports is one line too. argparse's
+    ``SystemExit`` (``--help``, unparsable options) propagates.
+    """
+    name = "attnzoo"
+    try:
+        with signals_as_interrupts():
+            parser = make_parser()
+            name = parser.prog
+            args = parser.parse_args(argv)
+            if getattr(args, "run", None) is None:
+                parser.print_help()
+                return 2
+            name = name_of(args)
+            return int(args.run(args) or 0)
+    except CommandError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = "interrupted" if signum == signal.SIGINT else f"terminated by {signal.Signals(signum).name}"
+        print(f"{name}: {what}; nothing partial was written", file=sys.stderr)
+        return 128 + signum

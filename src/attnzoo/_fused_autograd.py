@@ -11,7 +11,7 @@ kernel runs inside a custom ``autograd.Function``:
   devices the forward records the kernel's graph and the backward replays it. The cost is
   the Python Function call, a fixed ~40 µs per attention call on CPU;
 * ``create_graph=True``: the gradient is recomputed from the formula in
-  :func:`math_attention`, which autograd differentiates again. Dropout cannot be replayed
+  `math_attention`, which autograd differentiates again. Dropout cannot be replayed
   there, so that case raises one clear error.
 
 The math path also serves every case the fused kernel cannot: empty sizes, ``torch.func``
@@ -63,7 +63,7 @@ def math_attention(
 
 def needs_math(*tensors: Tensor | None) -> bool:
     """True where the fused kernel cannot serve: a size 0, torch.func transforms, forward AD."""
-    if any(t is not None and t.numel() == 0 for t in tensors):
+    if not torch.jit.is_tracing() and any(t is not None and t.numel() == 0 for t in tensors):  # traced: no bools
         return True
     if torch._C._are_functorch_transforms_active():
         return True

@@ -3,7 +3,7 @@
 Shapes: q (*, L, E), k (*, S, E), v (*, S, Ev) -> (*, L, Ev); masks have the functional
 polarity (bool True = may attend; float added) and broadcast to (*, L, S). Rows that may
 attend to nothing give 0 output and 0 gradient; keys and values no query may see are
-zeroed first (:func:`_zero_hidden_keys`), so NaN stored at padding stays out.
+zeroed first (`_zero_hidden_keys`), so NaN stored at padding stays out.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """MultiHeadAttention's input handling: checks, layouts and masks, outside the module.
 
-These functions branch on shapes and on forward's arguments, so :mod:`attnzoo.attention`
+These functions branch on shapes and on forward's arguments, so `attnzoo.attention`
 registers them with ``torch.fx.wrap``: ``torch.fx.symbolic_trace`` records each as one
-call instead of failing on symbolic values. Shapes as in :mod:`attnzoo.attention`.
+call instead of failing on symbolic values. Shapes as in `attnzoo.attention`.
 """
 
 from __future__ import annotations
@@ -14,20 +14,27 @@ from ._checks import check_dtype_matches, check_mask_dtype, check_same_device, c
 from .functional import RowIndex, sdpa
 
 
+def _checking() -> bool:
+    """Shape checks run except under ``torch.jit.trace``, where sizes are traced values and
+    comparing them would make a Python bool (a ``TracerWarning``); the trace's example
+    inputs were checked by the eager call that built the module's users."""
+    return not torch.jit.is_tracing()
+
+
 def _combine_masks(key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, L: int, S: int,
                    dtype: torch.dtype, num_heads: int) -> Tensor | None:
-    """The mask conversion of :meth:`MultiHeadAttention.combine_masks` (shapes given)."""
+    """The mask conversion of `MultiHeadAttention.combine_masks` (shapes given)."""
     masks = []
     if key_padding_mask is not None:
         check_mask_dtype("key_padding_mask", key_padding_mask)
-        if key_padding_mask.shape != (B, S):
+        if _checking() and key_padding_mask.shape != (B, S):
             raise ValueError(f"key_padding_mask must have shape (B, S) = {(B, S)}, got {tuple(key_padding_mask.shape)}")
         masks.append(key_padding_mask.view(B, 1, 1, S))
     if attn_mask is not None:
         check_mask_dtype("attn_mask", attn_mask)
-        if attn_mask.shape == (L, S):
+        if attn_mask.dim() == 2 and (not _checking() or attn_mask.shape == (L, S)):
             masks.append(attn_mask)
-        elif attn_mask.shape == (B * num_heads, L, S):
+        elif attn_mask.dim() == 3 and (not _checking() or attn_mask.shape == (B * num_heads, L, S)):
             masks.append(attn_mask.view(B, num_heads, L, S))
         else:
             raise ValueError(
@@ -63,13 +70,13 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
         if name != "query" and t is query and dim == embed_dim:
             continue  # self-attention: checked once
         check_dtype_matches(name, t, dtype, "MultiHeadAttention")
-        if t.size(-1) != dim:
+        if _checking() and t.size(-1) != dim:
             arg = {"query": "embed_dim", "key": "kdim", "value": "vdim"}[name]
             raise ValueError(f"{name} must have {arg}={dim} features (last dim), got shape {tuple(t.shape)}")
     if query.dim() == 2:  # unbatched: (L, E) -> (1, L, E)
         if key_padding_mask is not None:
             check_mask_dtype("key_padding_mask", key_padding_mask)
-            if key_padding_mask.shape != key.shape[:1]:
+            if _checking() and key_padding_mask.shape != key.shape[:1]:
                 raise ValueError(
                     f"key_padding_mask must have shape (S,) = {(key.size(0),)} for unbatched input, "
                     f"got {tuple(key_padding_mask.shape)}"
@@ -78,12 +85,12 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
         query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
     elif not batch_first:
         query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-    if key.shape[:2] != value.shape[:2]:
+    if _checking() and key.shape[:2] != value.shape[:2]:
         raise ValueError(
             f"key and value must have the same batch size and length, got key {tuple(key.shape)} "
             f"and value {tuple(value.shape)}" + ("" if batch_first else " (batch_first=False layout)")
         )
-    if query.size(0) != key.size(0):
+    if _checking() and query.size(0) != key.size(0):
         raise ValueError(f"query and key must have the same batch size, got {query.size(0)} and {key.size(0)}")
     return query, key, value, key_padding_mask
 
@@ -91,7 +98,7 @@ def _batch_first_inputs(query: Tensor, key: Tensor, value: Tensor, key_padding_m
 def _sdpa_pair(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, is_causal: bool,
                gqa: bool, need_weights: bool, average: bool, weights_for: RowIndex,
                guarded: bool = True) -> tuple[Tensor, Tensor | None]:
-    """:func:`sdpa` that always returns ``(out (B, H, L, hs), weights or None)``."""
+    """`sdpa` that always returns ``(out (B, H, L, hs), weights or None)``."""
     res = sdpa(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa, need_weights=need_weights,
                average_heads=average, weights_for=weights_for, guarded=guarded)
     return res if need_weights else (res, None)

@@ -1,4 +1,4 @@
-"""The Triton kernels of :mod:`attnzoo._triton_weights` (imported only where Triton is installed).
+"""The Triton kernels of `attnzoo._triton_weights` (imported only where Triton is installed).
 
 Shapes and strides: q (Z, H, L, D), k (Z, H, S, D), mask (Z, H, L, S) with zero strides
 where it broadcasts (bool stored as uint8: nonzero = may attend; or float, added),

@@ -1,7 +1,7 @@
 """Multi-head attention: self-attention, cross-attention, grouped-query attention.
 
 Shapes with ``batch_first=True`` (the default; ``False`` swaps the first two dims of
-inputs and output, as in ``nn.MultiheadAttention``)::
+inputs and output, as in ``nn.MultiheadAttention``):
 
     query (B, L, E)   key (B, S, kdim)   value (B, S, vdim)   ->   out (B, L, E)
     weights (B, L, S) averaged over heads, or (B, H, L, S) with average_attn_weights=False
@@ -14,11 +14,11 @@ Unbatched inputs ``(L, E)`` work too and give ``(L, E)``. Mask arguments keep
 * ``is_causal=True`` hides future keys (query i sees keys 0..i); it may be combined with
   ``attn_mask`` and needs no mask of its own.
 
-(The functional form, :func:`attnzoo.functional.scaled_dot_product_attention`, follows
+(The functional form, `attnzoo.functional.scaled_dot_product_attention`, follows
 ``F.scaled_dot_product_attention`` instead: True = may attend.)
 
 Differences from ``nn.MultiheadAttention`` (a torch state dict loads silently, so mind
-them; :meth:`MultiHeadAttention.from_torch` copies the configuration exactly):
+them; `MultiHeadAttention.from_torch` copies the configuration exactly):
 ``batch_first=True`` by default (torch: False); ``need_weights=False`` by default (torch:
 True); ``is_causal=True`` applies a causal mask (torch: a hint that ``attn_mask`` is
 causal); fully masked query rows give 0 instead of NaN. The module can serve as
@@ -52,7 +52,7 @@ class MultiHeadAttention(nn.Module):
     ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``), so state dicts load both ways.
     Without ``need_weights`` the output comes from torch's fused attention kernel; with it,
     usually from the weights, a block of query rows at a time (see
-    :mod:`attnzoo.functional` for when each route is taken).
+    `attnzoo.functional` for when each route is taken).
     """
 
     def __init__(
@@ -321,7 +321,7 @@ class MultiHeadAttention(nn.Module):
         """Check torch-polarity masks and turn them into one mask of functional polarity.
 
         Returns None, a bool mask (True = may attend) or a float bias, shaped to broadcast
-        to (B, H, L, S); this is what :meth:`attend` takes as ``mask``.
+        to (B, H, L, S); this is what `attend` takes as ``mask``.
         """
         return _combine_masks(key_padding_mask, attn_mask, B, L, S, dtype, self.num_heads)
 

@@ -11,42 +11,36 @@ file is written atomically, the report folder in one rename). The errors live in
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 
-from ._errors import CommandError, UsageError, signals_as_interrupts
+from ._errors import CommandError, OneLineParser, UsageError, run_command
 
 __all__ = ["main", "build_parser", "UsageError", "CommandError"]  # UsageError: kept importable from here
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import DESCRIPTION as BENCH_DESCRIPTION
     from .bench import add_arguments as add_bench_arguments
+    from .demo import DESCRIPTION as DEMO_DESCRIPTION
     from .demo import add_arguments as add_demo_arguments
 
-    parser = _Parser(
+    parser = OneLineParser(
         prog="attnzoo",
         description="attnzoo: the classic attention mechanisms, correct, fast and visible.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     demo = sub.add_parser(
         "demo",
         help="train every mechanism on real data and write an HTML report",
-        description="Train small models with and without attention on real data (handwritten "
-        "digits, date strings), measure what attention buys, and write DIR/index.html and "
-        "DIR/results.json.",
+        description=DEMO_DESCRIPTION,
     )
     add_demo_arguments(demo)
     bench = sub.add_parser(
         "bench",
         help="compare attnzoo's speed and memory with PyTorch's, side by side",
-        description="Time attnzoo against the PyTorch equivalents in one run and print ratios.",
+        description=BENCH_DESCRIPTION,
     )
     add_bench_arguments(bench)
     return parser
@@ -55,24 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``attnzoo ARGV``; return the exit status (argparse's ``SystemExit`` for --help
     and unparsable options propagates, as for any argparse program)."""
-    name = "attnzoo"
-    try:
-        with signals_as_interrupts():
-            parser = build_parser()
-            args = parser.parse_args(argv)
-            if args.command is None:
-                parser.print_help()
-                return 2
-            name = f"attnzoo {args.command}"
-            return int(args.run(args) or 0)
-    except CommandError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return exc.status
-    except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        what = "interrupted" if signum == signal.SIGINT else f"terminated by {signal.Signals(signum).name}"
-        print(f"{name}: {what}; nothing partial was written", file=sys.stderr)
-        return 128 + signum
+    return run_command(build_parser, argv, lambda args: f"attnzoo {args.command}")
 
 
 def _version() -> str:

@@ -1,11 +1,11 @@
 """Scaled dot-product attention: the readable formula and the fast path, side by side.
 
-Shapes (any number of leading batch dimensions ``*``; usually ``* = (B, H)``)::
+Shapes (any number of leading batch dimensions ``*``; usually ``* = (B, H)``):
 
     query (*, L, E)    key (*, S, E)    value (*, S, Ev)  ->  out (*, L, Ev)
     weights (*, L, S)  (only with need_weights=True)
 
-Mask polarity is that of :func:`torch.nn.functional.scaled_dot_product_attention`:
+Mask polarity is that of `torch.nn.functional.scaled_dot_product_attention`:
 a boolean ``attn_mask`` is True where a query MAY attend to a key; a floating-point
 ``attn_mask`` is added to the scores. The mask must broadcast to ``(*, L, S)``.
 ``is_causal=True`` lets query ``i`` see keys ``0..i`` (top-left aligned, as torch) and,
@@ -15,12 +15,12 @@ Beyond torch:
 
 * ``need_weights=True`` returns ``(out, weights)``. As in torch's own weights path, the
   output is ``weights @ value``, but computed a block of query rows at a time
-  (:mod:`attnzoo._weights`), so the per-head weights are never all in memory. The output
+  (`attnzoo._weights`), so the per-head weights are never all in memory. The output
   stays on torch's fused kernel, and the weights come from a separate pass, where that is
   cheaper or leaner: with autograd above the small-call size (see
   ``attnzoo._weights._SHARED_MAX_SCORES``; the blocks would all be kept for the
   backward), for ``weights_for`` rows, and for head-averaged half-precision weights on a
-  GPU (Triton kernels). Inside :func:`fused_output` (the recorder uses it) the output
+  GPU (Triton kernels). Inside `fused_output` (the recorder uses it) the output
   always comes from the fused kernel, so asking for weights never changes it.
 * A query row that may attend to nothing (all keys masked) gives 0 output, 0 weights
   and finite gradients, on every path, instead of NaN.
@@ -40,6 +40,7 @@ from collections.abc import Iterator
 
 import torch.nn.functional as F
 from torch import Tensor
+from torch.jit import is_tracing
 
 from . import _weights
 from ._checks import check_dropout, check_mask_dtype, check_tensor
@@ -124,7 +125,7 @@ def sdpa(
     weights_for: RowIndex = None,
     guarded: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Unchecked core of :func:`scaled_dot_product_attention` (modules validate first).
+    """Unchecked core of `scaled_dot_product_attention` (modules validate first).
 
     ``average_heads=True`` returns weights averaged over dim -3 (the heads), computed
     block by block so the per-head weights are never all in memory at once.
@@ -133,7 +134,8 @@ def sdpa(
     """
     if attn_mask is not None and attn_mask.dim() < 2:  # (S,) or scalar: give it a row dim
         attn_mask = attn_mask.reshape(1, -1)
-    if enable_gqa and query.dim() >= 3 and query.size(-3) != key.size(-3):
+    # under torch.jit.trace the sizes are traced values: repeat (by 1, a copy) rather than branch on them
+    if enable_gqa and query.dim() >= 3 and (is_tracing() or query.size(-3) != key.size(-3)):
         groups = query.size(-3) // key.size(-3)
         key = key.repeat_interleave(groups, dim=-3)  # (*, H, S, E)
         value = value.repeat_interleave(groups, dim=-3)  # (*, H, S, Ev)
@@ -171,7 +173,7 @@ def sdpa(
 def fused_output() -> Iterator[None]:
     """Inside, ``need_weights=True`` never changes the output (no dropout): the output comes
     from torch's fused kernel, bit-identical to ``need_weights=False``, and the weights from
-    a separate pass. :class:`attnzoo.record.AttentionRecorder` records inside it.
+    a separate pass. `attnzoo.record.AttentionRecorder` records inside it.
     """
     global _fused_output_depth
     _fused_output_depth += 1
@@ -186,7 +188,7 @@ def _output_from_weights(query: Tensor, key: Tensor, value: Tensor, mask: Tensor
     """Whether need_weights computes the output from the weights it returns (one score pass)
     instead of torch's fused kernel plus a separate weights pass.
 
-    Not inside :func:`fused_output`, nor where the GPU kernels for averaged weights serve
+    Not inside `fused_output`, nor where the GPU kernels for averaged weights serve
     the call (the fused kernel plus those is faster). Otherwise: small calls always; larger
     ones when no gradient is wanted and all rows are asked for (with autograd the blocks'
     per-head weights would all be kept for the backward).

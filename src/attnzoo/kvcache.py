@@ -1,12 +1,12 @@
 """Key/value caches for step-by-step decoding, and attention that uses them.
 
-* :class:`KVCache` holds one self-attention layer's keys and values in buffers allocated
+* `KVCache` holds one self-attention layer's keys and values in buffers allocated
   once, ``(B, Hkv, max_len, hs)``, written by position: step ``t`` writes slot ``t`` and
   attends over the valid prefix ``[:t + 1]``, so no step allocates or concatenates.
-* :class:`MemoryKV` holds one cross-attention layer's keys and values of the encoder
+* `MemoryKV` holds one cross-attention layer's keys and values of the encoder
   memory, projected once per generated sequence instead of once per step.
-* :func:`attend_cached` / :func:`attend_memory` run an attnzoo
-  :class:`~attnzoo.MultiHeadAttention` over them, projecting only the new tokens.
+* `attend_cached` / `attend_memory` run an attnzoo
+  `MultiHeadAttention` over them, projecting only the new tokens.
 """
 
 from __future__ import annotations
@@ -136,6 +136,6 @@ def attend_cached(attn: MultiHeadAttention, x: Tensor, cache: KVCache, pos: int 
 
 
 def attend_memory(attn: MultiHeadAttention, x: Tensor, memory_kv: MemoryKV) -> Tensor:
-    """Cross-attention of ``x`` (B, T, E) over keys/values from :func:`project_memory` -> (B, T, E)."""
+    """Cross-attention of ``x`` (B, T, E) over keys/values from `project_memory` -> (B, T, E)."""
     q = attn.project_query(x)  # (B, H, T, hs)
     return attn.attend(q, memory_kv.k, memory_kv.v, mask=memory_kv.mask, guarded=not memory_kv.clean)[0]

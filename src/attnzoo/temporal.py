@@ -1,7 +1,7 @@
 """Temporal attention: learned weights over the time steps of a sequence, and their average.
 
 ``TemporalAttention`` scores every step of ``x`` (B, T, D), turns the scores into weights
-with a softmax over the *valid* steps, and returns the weighted average of the steps::
+with a softmax over the *valid* steps, and returns the weighted average of the steps:
 
     e_t     = score(x_t)                                  # one number per step
     a       = softmax over valid t of e                   # (B, T), sums to 1

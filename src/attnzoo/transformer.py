@@ -146,7 +146,7 @@ class TransformerDecoderLayer(_Layer):
     """Causal self-attention, cross-attention over the encoder memory, then feed-forward.
 
     ``tgt`` (B, T, E), ``memory`` (B, S, E) -> (B, T, E) (``batch_first=False``: length first).
-    Token-by-token decoding: :meth:`precompute_memory` once, then :meth:`forward_step`.
+    Token-by-token decoding: `precompute_memory` once, then `forward_step`.
     Defaults differ from ``nn.TransformerDecoderLayer``: ``norm_first=True``,
     ``batch_first=True``, and ``forward(..., tgt_is_causal=True)`` applies a causal mask.
     """
@@ -191,14 +191,14 @@ class TransformerDecoderLayer(_Layer):
 
     # ---------------------------------------------------------------- incremental decoding
     def precompute_memory(self, memory: Tensor, memory_key_padding_mask: Tensor | None = None) -> MemoryKV:
-        """Cross-attention keys/values of ``memory`` (B, S, E), projected once; see :func:`project_memory`."""
+        """Cross-attention keys/values of ``memory`` (B, S, E), projected once; see `project_memory`."""
         return project_memory(self.multihead_attn, memory, memory_key_padding_mask)
 
     def forward_step(self, x: Tensor, memory_kv: MemoryKV, cache: KVCache, pos: int | Tensor) -> Tensor:
         """Decode the target tokens at positions ``pos .. pos+T-1``, all earlier ones cached.
 
         ``x`` (B, T, E) (usually T = 1; always batch-first) -> (B, T, E): rows ``pos..pos+T-1``
-        of :meth:`forward` on the whole prefix (causal self-attention, no ``tgt_mask``). Only
+        of `forward` on the whole prefix (causal self-attention, no ``tgt_mask``). Only
         the new tokens are projected; their keys/values are written into ``cache`` at ``pos``
         and attention runs over the cached prefix. No validation: this runs every step.
         ``pos`` may be a (1,) long tensor (T = 1): the static-shape step of ``attend_cached``.
@@ -267,7 +267,7 @@ class Seq2SeqTransformer(nn.Module):
         return self.encoder_norm(x), pad
 
     def init_decode_state(self, memory: Tensor, src_padding_mask: Tensor | None, max_steps: int) -> DecodeState:
-        """Caches for :meth:`decode_step`: memory keys/values per layer, and empty self-attention
+        """Caches for `decode_step`: memory keys/values per layer, and empty self-attention
         caches of ``max_steps`` positions (B, Hkv, max_steps, hs) per layer."""
         if check_positive_int("max_steps", max_steps) > self.max_len:
             raise ValueError(f"max_steps must be at most max_len={self.max_len}, got {max_steps}")
@@ -283,7 +283,7 @@ class Seq2SeqTransformer(nn.Module):
 
         Earlier positions must already be in ``state``; these are written to it. Unchecked.
         ``pos`` as a (1,) long tensor (T = 1) gives the static-shape step that
-        :class:`~attnzoo._decode_graph.GraphedStep` captures on CUDA.
+        `GraphedStep` captures on CUDA.
         """
         x = self._embed(self.tgt_emb, tokens, pos)  # (B, T, E)
         for layer, memory_kv, cache in zip(self.decoder_layers, state.memory_kv, state.caches):
@@ -343,7 +343,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def _cached_step(self, state: DecodeState, B: int, device: torch.device) -> Callable[[Tensor, int], Tensor]:
         """``step(tokens (B, 1), t) -> logits (B, V)``: a captured CUDA graph where allowed
-        (see :func:`~attnzoo._decode_graph.graph_blocker`), else the eager cached step."""
+        (see `graph_blocker`), else the eager cached step."""
 
         def eager(tokens: Tensor, t: int) -> Tensor:
             return self.decode_step(tokens, t, state)[:, -1]

@@ -24,7 +24,8 @@ from typing import Any
 
 __all__ = ["add_arguments", "main", "main_from_args", "run_benchmarks", "SIZES", "group_names"]
 
-#: Problem sizes per mode. ``--quick`` keeps every group to seconds on a laptop CPU.
+#: Problem sizes per mode. ``--quick`` keeps every shape small and compiles one case; its run
+#: time is then mostly that compile and the memory subprocesses' start-up (a minute or two).
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "functional": [(8, 8, 512, 64), (2, 8, 2048, 64)],  # (B, H, N, head size)
@@ -70,6 +71,7 @@ SIZES["cuda"] = {
 }
 
 SCHEMA = "attnzoo-bench/1"
+DESCRIPTION = "Time attnzoo against the PyTorch equivalents in one run and print ratios."
 #: Default dtype per device type: what people train in there.
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
@@ -110,7 +112,9 @@ def _registry() -> tuple[dict[str, Any], dict[str, str]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``bench`` options to ``parser`` and make ``args.run`` the entry point."""
     parser.add_argument("--quick", action="store_true",
-                        help="much smaller shapes and fewer repeats: a smoke test in seconds, not a measurement")
+                        help="much smaller shapes, fewer repeats and one torch.compile case: a smoke test of every "
+                             "group, not a measurement; about a minute or two on a laptop CPU (compiling that case and "
+                             "starting the memory subprocesses take most of it)")
     parser.add_argument("--json", metavar="FILE", help="also write the machine and every row to FILE (atomically)")
     parser.add_argument("--only", metavar="GROUP[,GROUP]",
                         help="run only these groups (comma-separated); the groups are: " + ", ".join(_ORDER))
@@ -303,9 +307,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """The ``run`` entry point set by :func:`add_arguments` (bad values: ``UsageError``)."""
-    from .._errors import CommandError
-    from .._io import atomic_write_json
+    """The ``run`` entry point set by `add_arguments` (bad values: ``UsageError``)."""
     from ._core import Row, format_table
 
     options = _options(args)
@@ -317,16 +319,35 @@ def main_from_args(args: argparse.Namespace) -> int:
     print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, device {m['device']}{gpu}, "
           f"dtype {options['dtype']}; medians of {options['repeats']} samples; ratio > 1: attnzoo better")
     if options["json"]:
-        try:
-            atomic_write_json(_json_target(options["json"]), report)
-        except OSError as exc:  # checked before the run; the disk can still fill up
-            raise CommandError(f"--json {options['json']}: cannot write ({exc.strerror or exc})") from None
-        print(f"wrote {options['json']}")
+        _write_json(options["json"], report)
     return 0
+
+
+def _write_json(path: str, report: dict[str, Any]) -> None:
+    """Write ``--json PATH`` at the end of the run, checked again: a file that appeared
+    meanwhile, or an earlier bench file replaced by someone else's, is never replaced."""
+    from pathlib import Path
+
+    from .._errors import CommandError
+    from .._io import write_json_owned
+
+    target = Path(_json_target(path))
+    try:  # checked before the run; the disk can still fill up
+        written = write_json_owned(target, report, lambda p: _is_bench_json(str(p)))
+    except OSError as exc:
+        raise CommandError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
+    if written != target:
+        raise CommandError(f"--json {path}: {target} appeared during the run and was not written by attnzoo "
+                           f"bench; it was left as it is and the results were written to {written}")
+    print(f"wrote {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m attnzoo.bench [options]``: same options and exit codes as ``attnzoo bench``."""
-    from ..cli import main as cli_main
+    from .._errors import OneLineParser, run_command
 
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+    def parser() -> argparse.ArgumentParser:
+        made = OneLineParser(prog="attnzoo bench", description=DESCRIPTION)
+        add_arguments(made)
+        return made
+    return run_command(parser, sys.argv[1:] if argv is None else argv, lambda args: "attnzoo bench")

@@ -1,8 +1,8 @@
 """The benchmark machinery: rows, the group registry, interleaved timing, ratios, the table.
 
-A *group* is a function ``fn(ctx) -> Iterable[Job]`` registered with :func:`group`. A
-:class:`Job` names one comparison and holds a zero-argument ``run`` that measures it and
-returns one :class:`Row` or a list of them. The runner calls every job inside its own
+A *group* is a function ``fn(ctx) -> Iterable[Job]`` registered with `group`. A
+`Job` names one comparison and holds a zero-argument ``run`` that measures it and
+returns one `Row` or a list of them. The runner calls every job inside its own
 ``try``, so one failing row becomes an ``error: ...`` row and the run goes on.
 """
 

@@ -1,14 +1,14 @@
 """Tables in the docs rendered from committed ``attnzoo bench --json`` files, never typed by hand.
 
-A block in a Markdown file::
+A block in a Markdown file:
 
     <!-- bench: docs/bench/main.json groups=mha_weights,masked -->
     | group | operation | ... |      <- rendered here
     <!-- /bench -->
 
 holds the rows of that results file (optionally only some groups), as
-:func:`markdown_table` renders them; a ``<!-- gpu-check: FILE -->`` block likewise holds
-a ``benchmarks/gpu_check.py --json`` file as :func:`gpu_check_table` renders it. ``python -m attnzoo.bench._docs docs/performance.md``
+`markdown_table` renders them; a ``<!-- gpu-check: FILE -->`` block likewise holds
+a ``benchmarks/gpu_check.py --json`` file as `gpu_check_table` renders it. ``python -m attnzoo.bench._docs docs/performance.md``
 rewrites every block from its file; tests/test_bench.py checks that the committed docs
 equal that rendering, so a figure in the docs is always one that a run wrote.
 """

@@ -1,7 +1,7 @@
 """Peak-memory measurements, each in a fresh Python process.
 
-The parent (:func:`measure_in_subprocess`) starts ``sys.executable -c ...`` with a JSON
-spec; the child (:func:`child_main`) builds the module and inputs, warms up on a tiny
+The parent (`measure_in_subprocess`) starts ``sys.executable -c ...`` with a JSON
+spec; the child (`child_main`) builds the module and inputs, warms up on a tiny
 input (kernels, thread pool), then measures ONE call:
 
 * CPU: the peak resident set growth, ``VmHWM`` after the call minus ``VmRSS`` just

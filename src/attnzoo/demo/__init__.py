@@ -1,5 +1,5 @@
 """``attnzoo demo``, the tour: train every mechanism on real data, measure what each buys,
-and write a report.
+and write a report. The parts are registered in ``parts.py`` (in run order):
 
 * Vision (``vision.py``): the same small CNN with no attention, with SE and with CBAM on
   cluttered handwritten digits; accuracy over several seeds, parameters, seconds, and
@@ -11,14 +11,14 @@ and write a report.
 * Dates (``dates.py``): an encoder-decoder Transformer that normalises human-written
   dates; exact match, character accuracy, and its cross- and self-attention maps.
 * Report (``report.py``): ``DIR/index.html`` (self-contained, figures as PNG files beside
-  it) and ``DIR/results.json``, written last. With ``--only``, the other part's key is
-  absent from ``results.json`` and its section from the page.
+  it) and ``DIR/results.json``, written last. With ``--only``, the other parts' keys are
+  absent from ``results.json`` and their sections from the page.
 
-Reproducible: the same ``--seed`` gives the same ``results.json`` numbers (every key with
-"seconds" in its name aside) on the same kind of machine with ``--device cpu``; every
-run uses one CPU thread (``common.NUM_THREADS``) and deterministic algorithms. On CUDA a
-few kernels (max-pool backward) have no deterministic version, so numbers can differ
-in the last digits.
+Reproducible: ``stats.REPRODUCIBLE`` says exactly what (bit-identical numbers only on the
+same machine type with the same torch build, ``--device cpu``). Every run uses one CPU
+thread (``common.NUM_THREADS``) and deterministic algorithms. On CUDA a few kernels
+(max-pool backward) have no deterministic version, so numbers can differ in the last
+digits. Findings are worded so that they hold on other machines too (``stats.py``).
 """
 
 from __future__ import annotations
@@ -36,17 +36,22 @@ import torch
 
 from .._io import atomic_write_json, atomic_write_text
 from .._errors import CommandError, UsageError
-from . import dates, resnet, speech, vision
+from . import parts as _parts
 from .common import FULL, NUM_THREADS, QUICK, run_info
 from .output import Staging
 from .report import html_page, summary
+from .stats import REPRODUCIBLE
 
-__all__ = ["add_arguments", "run_demo", "DEFAULT_OUT", "PARTS"]
+__all__ = ["add_arguments", "run_demo", "DEFAULT_OUT", "QUICK_OUT", "PARTS", "DESCRIPTION"]
 
 DEFAULT_OUT = "attnzoo-report"
-PARTS = ("vision", "resnet", "speech", "dates")
-_MODULES = {"vision": vision, "resnet": resnet, "speech": speech, "dates": dates}
+QUICK_OUT = "attnzoo-report-quick"  # a quick run never replaces a full report by default
+PARTS = tuple(_parts.PARTS)
 MAX_SEED = 2**31 - 1
+DESCRIPTION = ("Train small models with and without attention on real data and measure what attention buys, "
+               "in " + str(len(PARTS)) + " parts: " + "; ".join(f"{p.name}: {p.help}" for p in _parts.PARTS.values())
+               + ". Writes DIR/index.html (with PNG figures beside it) and DIR/results.json. "
+               + REPRODUCIBLE[0].upper() + REPRODUCIBLE[1:] + ".")
 
 
 def _seed(text: str) -> int:
@@ -60,26 +65,26 @@ def _seed(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the demo's options to ``parser`` and make it call :func:`run_demo`."""
-    parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+    """Add the demo's options to ``parser`` and make it call `run_demo`."""
+    parser.add_argument("--out", metavar="DIR", default=None,
                         help=f"folder for the report: DIR/index.html, its PNG figures and DIR/results.json "
-                             f"(default: {DEFAULT_OUT}/). It is replaced as a whole at the end, and only if it "
-                             "is new, empty or an earlier report (every file listed, unchanged, in its "
-                             "attnzoo-manifest.json); anything else is refused before training. A symlink "
-                             "is followed")
+                             f"(default: {DEFAULT_OUT}/, with --quick {QUICK_OUT}/). It is replaced as a whole at "
+                             "the end, and only if it is new, empty or an earlier report (every file listed, "
+                             "unchanged, in its attnzoo-manifest.json); anything else is refused before training. "
+                             "A symlink is followed")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: small budgets, about a minute of CPU instead of about five; the same "
-                             "files and keys, numbers that only show every model learns; for tests and a first look")
+                        help="a smoke run of every part: small budgets, well under a minute of CPU instead of about "
+                             "five; the same files and keys, numbers that only show every model learns; for tests "
+                             f"and a first look (written to {QUICK_OUT}/ unless --out is given)")
     parser.add_argument("--seed", metavar="N", type=_seed, default=0,
                         help="base random seed, an integer >= 0 (default: 0); repeated trainings use seeds "
-                             "N, N+1, N+2 (fewer with --quick); the same seed gives the same numbers")
+                             "N, N+1, N+2 (fewer with --quick); " + REPRODUCIBLE)
     parser.add_argument("--only", choices=PARTS, metavar="{" + ",".join(PARTS) + "}",
-                        help="run one part only: 'vision' (SE and CBAM on cluttered digits), 'resnet' (SE/CBAM "
-                             "added to a ResNet per block or after every conv), 'speech' (temporal attention, "
-                             "speaker identification) or 'dates' (cross-attention Transformer); the other parts "
-                             "are left out of the report")
+                        help="run one part only: " + "; ".join(f"'{p.name}' ({p.help})" for p in _parts.PARTS.values())
+                             + "; the other parts are left out of the report")
     parser.add_argument("--device", choices=("cpu", "cuda"), metavar="{cpu,cuda}", default="cpu",
-                        help="where to train: 'cpu' (default; bit-reproducible) or 'cuda' (needs a GPU)")
+                        help="where to train: 'cpu' (default; bit-reproducible only on the same machine type and "
+                             "torch build) or 'cuda' (needs a GPU)")
     parser.set_defaults(run=run_demo)
 
 
@@ -139,7 +144,7 @@ def run_demo(args: argparse.Namespace) -> int:
     device = _device(args.device)
     parts = [args.only] if args.only else list(PARTS)
     budgets = QUICK if args.quick else FULL
-    staging = Staging(args.out)
+    staging = Staging(args.out or (QUICK_OUT if args.quick else DEFAULT_OUT))
     try:
         with _TorchSettings(device):
             results: dict[str, Any] = {
@@ -149,7 +154,7 @@ def run_demo(args: argparse.Namespace) -> int:
             }
             results["environment"].update(run_info(args.seed, bool(args.quick), args.only, args.device))
             for part in parts:
-                results[part] = _MODULES[part].run(budgets[part], args.seed, device, staging.path)
+                results[part] = _parts.PARTS[part].run(budgets[part], args.seed, device, staging.path)
         views = [results[p]["figures"].get("view") for p in parts if isinstance(results[p].get("figures"), dict)]
         results["views"] = [v for v in views if v]  # interactive pages, embedded by the report
         results["seconds"] = time.perf_counter() - start

@@ -1,8 +1,7 @@
-"""What the parts of the tour share: budgets, progress lines, seeding, small statistics."""
+"""What the parts of the tour share: budgets, progress lines, timing (statistics: ``stats.py``)."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import sys
@@ -87,13 +86,14 @@ FULL = {
     "speech": SpeechBudget(epochs=30),
     "dates": DatesBudget(n_train=6400, n_test=1000, epochs=6),
 }
-#: A smoke run: every model clearly above chance in well under a minute on 2 cores (fewer
-#: samples and epochs, higher learning rates); its numbers are NOT the tour's findings.
+#: A smoke run: every model clearly above chance in well under a minute of CPU (fewer
+#: samples and seeds, one seed for the CNNs, batches of 64, higher learning rates); its
+#: numbers are NOT the tour's findings.
 QUICK = {
-    "vision": VisionBudget(n_train=1536, n_test=300, epochs=3, lr=6e-3, batch_size=32, n_seeds=2, n_overlay=4),
-    "resnet": ResNetBudget(n_train=1280, n_test=300, epochs=3, lr=6e-3, batch_size=32, n_seeds=1),
+    "vision": VisionBudget(n_train=1536, n_test=300, epochs=4, lr=8e-3, batch_size=64, n_seeds=1, n_overlay=4),
+    "resnet": ResNetBudget(n_train=1280, n_test=300, epochs=4, lr=8e-3, batch_size=64, n_seeds=1),
     "speech": SpeechBudget(epochs=6, hidden=32, lr=1e-2, n_plot_per_speaker=2),
-    "dates": DatesBudget(n_train=2400, n_test=300, epochs=3, lr=5e-3, n_per_format=10, n_curve=200),
+    "dates": DatesBudget(n_train=2400, n_test=300, epochs=3, lr=5e-3, n_per_format=10, n_curve=100),
 }
 
 
@@ -149,38 +149,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-
-
-# Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042)
-
-
 def mean_histories(histories: dict[str, list[dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:
     """One curve per model: the mean over seeds of each epoch's loss and accuracy."""
     return {n: {k: [sum(v) / len(v) for v in zip(*(h[k] for h in hs))] for k in ("loss", "accuracy")}
             for n, hs in histories.items()}
-
-
-def paired_difference(treated: Sequence[float], control: Sequence[float]) -> dict[str, Any]:
-    """Paired comparison over seeds, in accuracy POINTS (x100): mean, sd, 95% t interval.
-
-    ``significant`` is True when the 95% interval excludes 0 (needs >= 2 seeds).
-    """
-    diffs = [100.0 * (a - b) for a, b in zip(treated, control)]
-    m, s = mean_std(diffs)
-    n = len(diffs)
-    if n < 2:
-        return {"mean_points": m, "std_points": s, "ci95_points": [m, m], "n": n, "significant": False}
-    half = _T95[min(n - 1, len(_T95)) - 1] * s / math.sqrt(n)
-    lo, hi = m - half, m + half
-    return {"mean_points": m, "std_points": s, "ci95_points": [lo, hi], "n": n,
-            "significant": bool(lo > 0 or hi < 0)}

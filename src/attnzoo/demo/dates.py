@@ -90,7 +90,7 @@ def train_seq2seq(model: Seq2SeqTransformer, src: Tensor, tgt: Tensor, held_out:
     seconds = 0.0
     bar = progress_bar(budget.epochs * steps, "dates transformer")
     try:
-        for _ in range(budget.epochs):
+        for epoch in range(budget.epochs):
             model.train()
             perm = torch.randperm(len(src), generator=gen).to(device)
             loss_sum = torch.zeros((), device=device)
@@ -115,6 +115,9 @@ def train_seq2seq(model: Seq2SeqTransformer, src: Tensor, tgt: Tensor, held_out:
             exact, _ = scores(predict(model, [p[0] for p in held_out], device), [p[1] for p in held_out])
             history["accuracy"].append(exact)
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", exact=f"{exact:.3f}")
+            if bar.disable:  # no bar (stderr is not a terminal): one line per epoch instead
+                say(f"dates   epoch {epoch + 1}/{budget.epochs}: train loss {history['loss'][-1]:.4f}, "
+                    f"held-out exact match {exact:.3f}, {seconds:.0f} s training so far")
     finally:
         bar.close()
     return {"history": history, "seconds": seconds}

@@ -1,7 +1,7 @@
 """Which files in a report folder attnzoo wrote: ``attnzoo-manifest.json``.
 
 Every report holds ``attnzoo-manifest.json``, written last, listing every other file of
-the report with its size and SHA-256::
+the report with its size and SHA-256:
 
     {"schema": "attnzoo-report-manifest/1", "complete": true,
      "files": {"index.html": {"bytes": 5120, "sha256": "9f2c..."}, ...},
@@ -12,7 +12,9 @@ is the manifest or a regular file that the manifest lists with the same size and
 Anything else (a file of yours, a subfolder, a figure you edited) is foreign: the folder
 is refused, and nothing in it is ever deleted. While a run builds its report in a staging
 folder, the same file (``"complete": false``, plus the host name) marks the folder as that
-run's, so a later run can recognise and remove it once the process is gone.
+run's and lists each file as soon as the run has written it (``"files"``), and each
+temporary file the run created and has not yet renamed (``"temporary"``), so that a later
+run can recognise the folder once the process is gone and remove exactly those files.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from .._io import atomic_write_json
 
-__all__ = ["MANIFEST", "SCHEMA", "sha256_file", "write", "read", "foreign_entry", "is_listed"]
+__all__ = ["MANIFEST", "SCHEMA", "sha256_file", "entry", "write", "read", "foreign_entry", "is_listed"]
 
 MANIFEST = "attnzoo-manifest.json"
 SCHEMA = "attnzoo-report-manifest/1"
@@ -48,19 +50,31 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
-def write(folder: Path, run: dict[str, Any], *, complete: bool) -> dict[str, Any]:
-    """Write ``folder/attnzoo-manifest.json`` (atomically) listing every other file in
-    ``folder`` (all must be regular files: attnzoo writes no subfolders); return it."""
-    files = {}
-    if complete:
-        for entry in sorted(os.listdir(folder)):
-            if entry == MANIFEST:
-                continue
-            path = folder / entry
-            if not _is_regular(path):
-                raise OSError(f"{path} is not a regular file; a report holds files only")
-            files[entry] = {"bytes": os.lstat(path).st_size, "sha256": sha256_file(path)}
-    manifest = {"schema": SCHEMA, "complete": complete, "files": files, "run": run}
+def entry(path: Path) -> dict[str, Any]:
+    """The manifest's record of the file at ``path``: its size and SHA-256."""
+    return {"bytes": os.lstat(path).st_size, "sha256": sha256_file(path)}
+
+
+def write(folder: Path, run: dict[str, Any], *, complete: bool, files: dict[str, Any] | None = None,
+          temporary: list[str] | None = None) -> dict[str, Any]:
+    """Write ``folder/attnzoo-manifest.json`` (atomically); return it. Complete: it lists
+    every other file in ``folder`` (all must be regular files: attnzoo writes no
+    subfolders). Not complete (a run still writing): the ``files`` and ``temporary``
+    names given."""
+    if not complete:
+        manifest = {"schema": SCHEMA, "complete": False, "files": dict(files or {}), "run": run,
+                    "temporary": sorted(temporary or [])}
+        atomic_write_json(folder / MANIFEST, manifest)
+        return manifest
+    listed = {}
+    for name in sorted(os.listdir(folder)):
+        if name == MANIFEST:
+            continue
+        path = folder / name
+        if not _is_regular(path):
+            raise OSError(f"{path} is not a regular file; a report holds files only")
+        listed[name] = entry(path)
+    manifest = {"schema": SCHEMA, "complete": True, "files": listed, "run": run}
     atomic_write_json(folder / MANIFEST, manifest)
     return manifest
 
@@ -77,22 +91,30 @@ def read(folder: Path) -> dict[str, Any] | None:
         return None
     if not (isinstance(data, dict) and data.get("schema") == SCHEMA and isinstance(data.get("files"), dict)):
         return None
-    for name, entry in data["files"].items():
-        if (not isinstance(name, str) or name in ("", ".", "..", MANIFEST) or "/" in name or os.sep in name
-                or not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int)
-                or not isinstance(entry.get("sha256"), str)):
+    for name, item in data["files"].items():
+        if (not _plain_name(name) or not isinstance(item, dict) or not isinstance(item.get("bytes"), int)
+                or not isinstance(item.get("sha256"), str)):
             return None
+    temporary = data.get("temporary", [])
+    if not (isinstance(temporary, list) and all(_plain_name(n) for n in temporary)):
+        return None
     return data
+
+
+def _plain_name(name: object) -> bool:
+    """A file name directly in the folder (no path, not the manifest itself)."""
+    return (isinstance(name, str) and name not in ("", ".", "..", MANIFEST) and "/" not in name
+            and os.sep not in name)
 
 
 def is_listed(folder: Path, name: str, manifest: dict[str, Any]) -> bool:
     """True when ``folder/name`` is a regular file that ``manifest`` lists, unchanged."""
-    entry = manifest["files"].get(name)
+    item = manifest["files"].get(name)
     path = folder / name
-    if entry is None or not _is_regular(path):
+    if item is None or not _is_regular(path):
         return False
     try:
-        return os.lstat(path).st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+        return os.lstat(path).st_size == item["bytes"] and sha256_file(path) == item["sha256"]
     except OSError:
         return False
 

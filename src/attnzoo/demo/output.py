@@ -12,9 +12,12 @@ manifest lists and that still match their hash.
 * A symlinked ``--out`` (or a symlink among its parents) is followed: the report replaces
   the folder it points to, under the same rules; a dangling symlink is refused.
 * The staging folder ``.NAME.attnzoo-PID-TOKEN.partial`` holds a manifest with the pid,
-  the process's start time, the host and the random token. A run killed with SIGKILL
-  leaves it behind; the next run with the same ``--out`` removes it once that process is
-  gone (and only folders whose manifest matches their name). ``.NAME.attnzoo-PID-TOKEN.old``
+  the process's start time, the host and the random token, and lists every file the run
+  has written there (recorded as each is written, through ``_io.watch_writes``). A run
+  killed with SIGKILL leaves it behind; the next run with the same ``--out`` removes the
+  files it lists, unchanged, once that process is gone (only in folders whose manifest
+  matches their name), and the folder once nothing else is in it: a folder that holds
+  anything else is left as it is, with one line saying so. ``.NAME.attnzoo-PID-TOKEN.old``
   (an earlier report set aside during the swap) is put back or cleared by the same rules.
 * A crash, Ctrl-C or SIGTERM removes the staging folder and any parent folders this run
   created; the earlier report stays as it was. The swap itself is not interruptible.
@@ -23,6 +26,7 @@ manifest lists and that still match their hash.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .._errors import CommandError, UsageError, interrupts_deferred
+from .._io import watch_writes
 from . import manifest
 from .manifest import MANIFEST
 
@@ -78,22 +83,15 @@ def _run_info() -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def _remove_files(folder: Path) -> None:
-    """Unlink the files (not subfolders) directly in ``folder``, then the folder if empty."""
-    for entry in os.scandir(folder):
-        if not entry.is_dir(follow_symlinks=False):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-    with contextlib.suppress(OSError):
-        os.rmdir(folder)
-
-
 def _clear_report(folder: Path, listed: dict[str, Any]) -> list[str]:
-    """Delete the files of ``folder`` that manifest ``listed`` lists, unchanged, then the
-    manifest and the folder once nothing else is left; return the names left (not ours)."""
+    """Delete the files of ``folder`` that manifest ``listed`` lists, unchanged (and the
+    temporary files it lists), then the manifest and the folder once nothing else is
+    left; return the names left (not ours)."""
     left = [n for n in sorted(os.listdir(folder)) if n != MANIFEST]
+    temporary = set(listed.get("temporary", []))
     for name in list(left):
-        if manifest.is_listed(folder, name, listed):
+        if manifest.is_listed(folder, name, listed) or (name in temporary and os.path.isfile(folder / name)
+                                                        and not os.path.islink(folder / name)):
             os.unlink(folder / name)
             left.remove(name)
     if not left:
@@ -126,8 +124,12 @@ def remove_stale(out: Path) -> None:
                         and run.get("host") in (None, socket.gethostname())
                         and process_gone(pid, run.get("start"))):
                     continue
-                _remove_files(folder)
-                _say(f"removed {folder}, left by an earlier run (process {pid}) that was killed")
+                left = _clear_report(folder, data)
+                if left:
+                    _say(f"left {folder} (by an earlier run, process {pid}, that was killed) in place: "
+                         f"{left[0]} in it was not written by attnzoo; remove the folder yourself")
+                else:
+                    _say(f"removed {folder}, left by an earlier run (process {pid}) that was killed")
             elif data.get("complete") is True and process_gone(pid, None):
                 if not os.path.lexists(out):
                     os.rename(folder, out)
@@ -156,6 +158,9 @@ class Staging:
             raise UsageError(f"{where}: points to the file system root; choose a folder below it")
         self._kept = False
         self._created: list[Path] = []
+        self._files: dict[str, Any] = {}  # what this run wrote in the staging folder
+        self._temporary: set[str] = set()
+        self._stop_watching = lambda: None
         remove_stale(self.out)
         if self.out.exists():
             if not self.out.is_dir():
@@ -185,16 +190,33 @@ class Staging:
                 self._created.append(folder)
             self.path.mkdir()
             manifest.write(self.path, self.run, complete=False)  # marks the folder as this run's
+            self._stop_watching = watch_writes(self._record)
         except OSError as exc:
             shutil.rmtree(self.path, ignore_errors=True)
             self._remove_created()
-            raise UsageError(f"{where}: cannot write in {parent} ({exc.strerror or exc})") from None
+            failed_in = Path(exc.filename).parent if exc.filename else parent
+            why = exc.strerror or str(exc)
+            if exc.errno == errno.ENOENT and failed_in.is_dir():  # e.g. /proc: the folder exists, takes nothing
+                why += ", although it exists: the file system there takes no new folders"
+            raise UsageError(f"{where}: cannot be created: cannot write in {failed_in} ({why})") from None
 
     def _foreign(self, error: type[CommandError]) -> tuple[str, str] | None:
         try:
             return manifest.foreign_entry(self.out)
         except OSError as exc:
             raise error(f"{self.where}: cannot be read ({exc.strerror or exc})") from None
+
+    def _record(self, event: str, path: Path) -> None:
+        """List a file this run wrote (or a temporary file it created) in the staging
+        manifest, so that a later run removes it, and only it, if this one is killed."""
+        if path.parent != self.path or path.name == MANIFEST or path.name.startswith(f".{MANIFEST}."):
+            return  # the manifest and its own temporary file are not listed in it
+        if event == "temporary":
+            self._temporary.add(path.name)
+        else:
+            self._temporary = {n for n in self._temporary if os.path.lexists(self.path / n)}
+            self._files[path.name] = manifest.entry(path)
+        manifest.write(self.path, self.run, complete=False, files=self._files, temporary=sorted(self._temporary))
 
     def _remove_created(self) -> None:
         for folder in reversed(self._created):
@@ -205,6 +227,7 @@ class Staging:
     def discard(self) -> None:
         """Remove the staging folder and the parent folders this run created (not after
         ``commit`` kept the report beside a changed ``out``)."""
+        self._stop_watching()
         if self._kept:
             return
         with interrupts_deferred():
@@ -215,6 +238,7 @@ class Staging:
         """Write the manifest and move the finished report to ``out``, replacing an earlier
         report there; ``CommandError`` (report kept beside it) if ``out`` changed meanwhile.
         Returns ``out`` as the user gave it."""
+        self._stop_watching()
         with interrupts_deferred():
             manifest.write(self.path, {k: v for k, v in self.run.items() if k != "host"}, complete=True)
             self._swap()

@@ -1,432 +1,39 @@
-"""The tour's outputs: findings in words (from the numbers), a self-contained HTML page and
-the summary table printed at the end."""
+"""The tour's outputs from its results: the findings in words, the HTML page, the summary
+printed at the end and README's results block, each covering every part that ran (in the
+order of ``parts.PARTS``). The pieces live beside it: statistics in ``stats.py``, wording
+in ``findings.py``, the page in ``page.py``, text and Markdown tables in ``tables.py``."""
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 
-NAMES = {"baseline": "baseline (no attention)", "se": "SE after each stage", "cbam": "CBAM after each stage"}
-SHORT = {"se": "SE", "cbam": "CBAM", "se_blocks": "SE per block", "se_convs": "SE after every conv",
-         "cbam_blocks": "CBAM per block", "cbam_convs": "CBAM after every conv",
-         "attention": "the attention head", "last": "last state", "mean": "masked mean"}
-RESNET_NAMES = {"resnet": "plain ResNet", "se_blocks": "+ SE per block", "se_convs": "+ SE after every conv",
-                "cbam_blocks": "+ CBAM per block", "cbam_convs": "+ CBAM after every conv"}
-SPEECH_NAMES = {"last": "last state", "mean": "masked mean", "attention": "TemporalAttention"}
-#: What the speech model should reach on the official split (strong published methods: 0.95-0.99).
-SPEECH_TARGET = 0.95
+from .page import page, views_section
+from .parts import PARTS
+from .stats import REPRODUCIBLE, RULE
+
+__all__ = ["findings", "html_page", "summary", "readme_results"]
 
 
-def acc(mean: float, std: float) -> str:
-    """How accuracies appear everywhere (page, terminal): ``0.912 ± 0.010``."""
-    return f"{mean:.3f} ± {std:.3f}"
-
-
-def verdict(name: str, cmp: dict[str, Any], against: str = "the baseline") -> str:
-    """One sentence on a paired comparison with ``against`` (accuracy points)."""
-    m, s, (lo, hi), n = cmp["mean_points"], cmp["std_points"], cmp["ci95_points"], cmp["n"]
-    who = SHORT[name]
-    detail = f"paired over {n} seeds; 95% interval {lo:+.1f} to {hi:+.1f} points"
-    if n < 2:
-        text = f"{who} − {against}: {m:+.1f} points from a single seed, too few to tell."
-        return text[0].upper() + text[1:]
-    if cmp["significant"]:
-        word = "beat" if m > 0 else "did worse than"
-        text = f"{who} {word} {against} by {abs(m):.1f} ± {s:.1f} points ({detail})."
-        return text[0].upper() + text[1:]
-    return (f"No significant difference between {who} and {against}: {m:+.1f} ± {s:.1f} points "
-            f"({detail}, which includes 0).")
-
-
-def resnet_text(r: dict[str, Any]) -> list[str]:
-    """The ResNet findings: accuracy of each insertion against the plain ResNet, then the
-    survey's question, whether a gate after every conv overfits more than one per block."""
-    m = r["models"]
-    base = m["resnet"]
-    out = ["Test accuracy against the plain ResNet (" + acc(base["accuracy_mean"], base["accuracy_std"]) + "): " +
-           "; ".join(f"{SHORT[n]} {acc(m[n]['accuracy_mean'], m[n]['accuracy_std'])} "
-                     f"({_signed(r['comparisons'][f'{n}_vs_resnet'])})" for n in RESNET_NAMES
-                     if n in m and n != "resnet") + "."]
-    for kind in ("se", "cbam"):
-        b, c = m[f"{kind}_blocks"], m[f"{kind}_convs"]
-        cmp = r["gap_comparisons"][f"{kind}_convs_vs_blocks"]
-        head = (f"{kind.upper()} after every conv ({c['gates']} gates) vs per block ({b['gates']}): train−test gap "
-                f"{c['gap_points_mean']:+.1f} vs {b['gap_points_mean']:+.1f} points, test {c['accuracy_mean']:.3f} vs "
-                f"{b['accuracy_mean']:.3f}")
-        if cmp["n"] < 2:
-            tail = "one seed, too few to tell whether it overfits more."
-        elif cmp["significant"] and cmp["mean_points"] > 0:
-            tail = "a significantly larger gap: here it overfits more, as the survey warns."
-        elif cmp["significant"]:
-            tail = "a significantly smaller gap: no sign of the overfitting the survey warns of."
-        else:
-            tail = ("no significant difference in the gap (95% interval "
-                    f"{cmp['ci95_points'][0]:+.1f} to {cmp['ci95_points'][1]:+.1f} points): "
-                    "no measurable extra overfitting at this budget.")
-        out.append(f"{head}; {tail}")
-    return out
-
-
-def _signed(cmp: dict[str, Any]) -> str:
-    m, n = cmp["mean_points"], cmp["n"]
-    if n < 2:
-        return f"{m:+.1f} points, one seed"
-    return f"{m:+.1f} points, {'significant' if cmp['significant'] else 'not significant'}"
-
-
-def speech_text(sp: dict[str, Any]) -> list[str]:
-    """The speech findings: the three heads, the target, and where the attention looks."""
-    m, a = sp["models"], sp["attention"]
-    heads = ", ".join(f"{SPEECH_NAMES[h]} {acc(m[h]['accuracy_mean'], m[h]['accuracy_std'])}"
-                      for h in SPEECH_NAMES if h in m)
-    att = m["attention"]["accuracy_mean"]
-    target = (f"the attention model reached {att:.3f}, meeting the {SPEECH_TARGET:.2f} that strong published "
-              "methods reach on this split" if att >= SPEECH_TARGET else
-              f"the attention model got {att:.3f}, BELOW the {SPEECH_TARGET:.2f} that strong published methods "
-              "reach on this split")
-    out = [f"Speaker identification on {sp['task']['n_test']} test utterances (9 speakers, chance 0.11), "
-           f"test accuracy over {len(sp['seeds'])} seeds: {heads}; {target}."]
-    out += [verdict("attention", sp["comparisons"][f"attention_vs_{h}"], against=f"the {SPEECH_NAMES[h]} head")
-            for h in ("last", "mean")]
-    where = ("towards the end" if a["centre_mean"] > 0.6 else "towards the start" if a["centre_mean"] < 0.4
-             else "around the middle")
-    out.append(f"Where it looks: the attention-weighted position is {a['centre_mean']:.2f} ± {a['centre_std']:.2f} "
-               f"of the way through the utterance (0 = first frame, 1 = last), {where}; the effective number of "
-               f"frames it averages is {a['effective_frames_share_mean']:.0%} of the utterance's length "
-               "(100% = a plain mean).")
-    return out
-
-
-def localization_text(v: dict[str, Any]) -> str:
-    stages = v["cbam_localization_per_stage"]
-    r, sd, first = v["cbam_localization_ratio"], v["cbam_localization_ratio_std"], stages[0]
-    side = first["resolution"]
-    text = (f"At stage 1 ({side}x{side} gate) the mean spatial gate inside the digit's box is "
-            f"{r:.2f} ± {sd:.2f} times its mean over the whole canvas")
-    every = len(first["per_seed"]) > 1
-    if r >= 1.5:
-        text += ": the gate clearly finds the digit and turns the clutter down"
-    elif r >= 1.05:
-        text += (f": a weak preference for the digit ({r - 1:.0%} above average"
-                 f"{', in every seed' if every and min(first['per_seed']) > 1 else ''}), not a sharp spotlight")
-    elif r > 0.95:
-        text += ": about 1.0, so this gate does not single out the digit"
-    else:
-        text += ": the gate is LOWER on the digit than elsewhere, so it is no digit finder"
-    if len(stages) > 1:
-        text += "; later stages: " + ", ".join(f"stage {s['stage']} {s['mean']:.2f}" for s in stages[1:])
-    ink = first["digit_vs_clutter_ink_mean"]
-    verdict = ("prefers the digit's strokes" if ink >= 1.05 else
-               "prefers the clutter's strokes" if ink <= 0.95 else "treats both alike")
-    return (text + f". Comparing ink with ink, the stage-1 gate is {ink:.2f} ± "
-            f"{first['digit_vs_clutter_ink_std']:.2f} times as high on the digit's strokes as on the fragments': "
-            f"it {verdict}.")
-
-
-def se_text(v: dict[str, Any]) -> str:
-    parts = []
-    for i, (mean, spread, img) in enumerate(zip(v["se_gate_mean_per_stage"], v["se_gate_class_spread_per_stage"],
-                                                 v["se_gate_image_std_per_stage"])):
-        if mean > 0.95:
-            desc = f"are almost fully open (mean {mean:.3f}): the features pass nearly unchanged"
-        elif img < 1e-3:
-            desc = f"are the same for every test image (mean {mean:.2f}): a fixed per-channel scale"
-        else:
-            desc = (f"vary with the image (std {img:.3f} over images) and with the digit class "
-                    f"(spread {spread:.3f} over classes), mean {mean:.2f}")
-        parts.append(f"stage {i + 1} gates {desc}")
-    return "In the SE model (first seed), " + "; ".join(parts) + "."
-
-
-def fit_text(v: dict[str, Any]) -> list[str]:
-    """Training loss against test accuracy, attention model vs baseline (means over seeds)."""
-    m, n_train, out = v["models"], v["task"]["n_train"], []
-    b_loss, b_acc = m["baseline"]["final_train_loss_mean"], m["baseline"]["accuracy_mean"]
-    for name in ("se", "cbam"):
-        loss, acc_ = m[name]["final_train_loss_mean"], m[name]["accuracy_mean"]
-        head = f"{SHORT[name]} ended with a final training loss of {loss:.3f} (baseline {b_loss:.3f})"
-        if loss < b_loss and acc_ < b_acc:
-            out.append(f"{head}, lower, yet a lower mean test accuracy ({acc_:.3f} vs {b_acc:.3f}): it fits the "
-                       f"{n_train:,} training canvases more closely without generalising better.")
-        elif loss < b_loss:
-            out.append(f"{head}, lower, and a mean test accuracy of {acc_:.3f} (baseline {b_acc:.3f}).")
-        else:
-            out.append(f"{head}: it did not fit the training set faster than the baseline.")
-    return out
+def _ran(results: dict[str, Any]) -> list[Any]:
+    return [p for name, p in PARTS.items() if results.get(name)]
 
 
 def findings(results: dict[str, Any]) -> list[tuple[str, str]]:
-    """The headline results in words: (topic, sentence)."""
-    out = []
-    v = results.get("vision")
-    if v:
-        out += [(f"{SHORT[n]} vs baseline", verdict(n, v["comparisons"][f"{n}_vs_baseline"])) for n in ("se", "cbam")]
-        out.append(("CBAM's spatial gate", localization_text(v)))
-    r = results.get("resnet")
-    if r:
-        out += [("ResNet + add_attention", t) for t in resnet_text(r)]
-    sp = results.get("speech")
-    if sp:
-        out += [("Speech, temporal attention", t) for t in speech_text(sp)]
-    d = results.get("dates")
-    if d:
-        out.append(("Dates", f"The Transformer got {d['exact_match']:.1%} of {d['n_test']} held-out dates exactly "
-                             f"right (character accuracy {d['char_accuracy']:.1%})."))
-        best = max(d["cross_attention"]["field_per_layer"])
-        what = ("It aligns output with input" if best >= 0.8 else "It has not learned a clean alignment")
-        out.append(("Cross-attention", f"{what}: in the best decoder layer, {best:.0%} of output digits look "
-                                       "hardest at an input character of the right field (year, month or day)."))
-    return out
-
-
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#1d2330;background:#fcfcfd}
-h1{font-size:1.9em;margin-bottom:.1em}h2{border-bottom:2px solid #d6dbe6;padding-bottom:.2em;margin-top:2em}
-.sub{color:#5b6475;margin-top:0}.box{background:#eef3fb;border-left:4px solid #3b6fb6;padding:.6em 1em;
-border-radius:4px}table{border-collapse:collapse;margin:1em 0;font-size:.95em}
-th,td{border:1px solid #d6dbe6;padding:.3em .7em;text-align:right}th{background:#f0f2f7}
-td.l,th.l{text-align:left}figure{margin:1.2em 0}img{max-width:100%;height:auto;border:1px solid #e3e6ee;
-background:#fff}figcaption{color:#5b6475;font-size:.9em}.grid{display:flex;flex-wrap:wrap;gap:1em}
-.grid figure{flex:1 1 420px}code,.mono{font-family:ui-monospace,Consolas,monospace}.bad{color:#b3261e}
-.warn{background:#fff4e5;border-left-color:#d9822b}.mech{background:#fff;border:1px solid #e3e6ee;border-radius:6px;padding:.2em 1em;margin:1em 0}
-"""
-
-
-def _fig(src: str, caption: str) -> str:
-    return (f'<figure><img src="{escape(src)}" alt="{escape(caption)}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
-
-
-def _table(head: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    def cells(tag: str, row: list[Any]) -> str:
-        return "".join(f'<{tag}{" class=l" if i < left else ""}>{c}</{tag}>' for i, c in enumerate(row))
-    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-    return f"<table><tr>{cells('th', head)}</tr>{body}</table>"
-
-
-def _vision(v: dict[str, Any]) -> str:
-    t, m, f = v["task"], v["models"], v["figures"]
-    rows = [[NAMES[n], acc(m[n]["accuracy_mean"], m[n]["accuracy_std"]),
-             " ".join(f"{a:.3f}" for a in m[n]["accuracies"]), f"{m[n]['train_accuracy_mean']:.3f}",
-             f"{m[n]['params']:,}", f"{m[n]['seconds']:.1f}"]
-            for n in NAMES if n in m]
-    loc = [[f"stage {s['stage']}", f"{s['resolution']}x{s['resolution']}", f"{s['mean']:.2f} ± {s['std']:.2f}",
-            " ".join(f"{x:.2f}" for x in s["per_seed"]),
-            f"{s['digit_vs_clutter_ink_mean']:.2f} ± {s['digit_vs_clutter_ink_std']:.2f}"]
-           for s in v["cbam_localization_per_stage"]]
-    n = len(v["seeds"])
-    fits = fit_text(v)
-    se_figs = "".join(_fig(f[k], f"SE model, stage {k[len('se_stage'):]}: mean gate per class (rows) and channel")
-                      for k in sorted(f) if k.startswith("se_stage"))
-    cbam_figs = "".join(_fig(f[k], f"CBAM spatial gate of stage {k[len('cbam_stage'):]}: each test image (left) "
-                                   "beside its gate map (right, colour scale fixed at 0 to 1); red box = the true digit")
-                        for k in sorted(f) if k.startswith("cbam_stage"))
-    return f"""
-<h2>Vision: finding a digit in clutter</h2>
-<p>Each {t['canvas']}x{t['canvas']} canvas holds one real handwritten digit (an 8x8 UCI digit upscaled to
-{t['digit_size']}x{t['digit_size']}) at a random position among {t['n_fragments']}
-{t['fragment_size']}x{t['fragment_size']} fragments of other digits; train and test canvases are built from
-disjoint sets of source digit images. The same small CNN (three conv stages, widths {', '.join(map(str, t['widths']))}, global average pooling) is trained three ways with identical data,
-batch order, initial weights of the shared layers and budget ({t['n_train']} training images, {t['epochs']} epochs,
-batch {t['batch_size']}), for {n} seeds; accuracy is on {t['n_test']} test canvases.</p>
-{_table(['model', 'test accuracy (mean ± sd)', 'per seed', 'train accuracy (mean)', 'parameters',
-         'train seconds'], rows)}
-<p>The comparisons with the baseline are in the Findings at the top. {' '.join(escape(t) for t in fits)}</p>
-{_fig(f['accuracy'], f'Test accuracy, mean ± sd over {n} seeds')}
-{_fig(f['curves'], f'Training loss and test accuracy per epoch, mean of {n} seeds; one colour per model, '
-                   'the same as in the bar chart')}
-<div class="mech"><h3>Squeeze-and-Excitation (channel attention)</h3>
-<p>An SE block squeezes each feature map to one number (its spatial mean), passes these channel descriptors
-through a small bottleneck MLP and a sigmoid, and multiplies every channel by its gate in (0, 1). It can
-say <em>which</em> features matter for this image, not <em>where</em> they are.
-The heatmaps show the mean gate per digit class and channel: a column that changes colour between rows is a channel
-the network turns up or down depending on the digit; identical rows mean the gate ignores the input. The
-colour scale is fixed at 0 to 1 (the sigmoid's range), so a gate stuck near 1 shows as one flat colour.
-{escape(se_text(v))}</p>{se_figs}</div>
-<div class="mech"><h3>CBAM: channel, then spatial attention</h3>
-<p>CBAM first gates channels (like SE, from both the average- and the max-pooled descriptors), then gates
-<em>positions</em>: a 7x7 convolution over the channel-wise mean and max maps and a sigmoid give one weight per
-pixel, shared by all channels. On this task a useful spatial gate should be high on the digit and low on the
-fragments.</p>
-<p>Localization: the <em>box ratio</em> is the mean gate inside the digit's true box (scaled to the gate's
-resolution) divided by the mean gate over the whole map, averaged over test images; 1.0 means no localization and,
-as the box covers a quarter of the canvas, 4.0 is the most possible. The headline number is stage 1's gate, the
-finest one. A gate that simply lit up wherever there is ink would also score above 1, so the last column compares
-like with like: the mean gate on inked cells inside the box over that on inked cells outside it (the fragments).
-The finding is in the Findings at the top; per stage:</p>
-{_table(['stage', 'gate size', 'box ratio (mean ± sd over seeds)', 'per seed',
-         'digit ink / clutter ink'], loc)}{cbam_figs}</div>"""
-
-
-def _resnet(r: dict[str, Any]) -> str:
-    t, m, f = r["task"], r["models"], r["figures"]
-    n = len(r["seeds"])
-    rows = [[RESNET_NAMES[k], m[k]["gates"], f"{m[k]['params']:,}", f"{m[k]['train_accuracy_mean']:.3f}",
-             acc(m[k]["accuracy_mean"], m[k]["accuracy_std"]),
-             f"{m[k]['gap_points_mean']:+.1f} ± {m[k]['gap_points_std']:.1f}", f"{m[k]['seconds']:.1f}"]
-            for k in RESNET_NAMES if k in m]
-    return f"""
-<h2>SE and CBAM added to an existing ResNet</h2>
-<p>The survey says SE is not a network of its own but is combined with existing CNNs such as ResNet, and that one
-can, crudely, add it after every convolution, at the risk of overfitting. Here a small ResNet (a strided stem and
-{len(t['widths'])} basic blocks, widths {', '.join(map(str, t['widths']))}), written with no attention in it, gets
-its gates from <code>attnzoo.add_attention(model, kind, where=...)</code>: <code>where="blocks"</code> puts one gate
-on the residual branch of every block, before the addition (the SE-ResNet placement); <code>where="convs"</code>
-puts one after every convolution. Same cluttered digits as above, {t['n_train']} training canvases,
-{t['epochs']} epochs, batch {t['batch_size']}, {n} seed{'s' if n > 1 else ''}; reduction {t['reduction']}; shared
-layers start from the same weights in every variant. Train accuracy is measured on the training canvases in
-evaluation mode after training; the gap is train minus test accuracy in points.</p>
-{_table(['variant', 'gates', 'parameters', 'train accuracy', 'test accuracy (mean ± sd)', 'gap (points)',
-         'train seconds'], rows)}
-{_fig(f['train_test'], 'Train (pale) and test (solid) accuracy per variant; one colour per variant')}
-{_fig(f['curves'], 'Training loss and test accuracy per epoch, mean over seeds')}"""
-
-
-def _speech(sp: dict[str, Any]) -> str:
-    t, m, f, a = sp["task"], sp["models"], sp["figures"], sp["attention"]
-    n = len(sp["seeds"])
-    rows = [[SPEECH_NAMES[h], acc(m[h]["accuracy_mean"], m[h]["accuracy_std"]),
-             " ".join(f"{x:.3f}" for x in m[h]["accuracies"]), f"{m[h]['train_accuracy_mean']:.3f}",
-             f"{m[h]['params']:,}", f"{m[h]['seconds']:.1f}"] for h in SPEECH_NAMES if h in m]
-    return f"""
-<h2>Speech: temporal attention, who is speaking?</h2>
-<p>UCI <em>Japanese Vowels</em> (Kudo, Toyama &amp; Shimbo 1999; CC BY 4.0): 9 male speakers say the vowels /ae/;
-each utterance is {t['frames'][0]}–{t['frames'][1]} frames of 12 LPC cepstrum coefficients. Official split:
-{t['n_train']} training and {t['n_test']} test utterances; the task is to name the speaker. One encoder, a
-{t['encoder']} with {t['hidden']} units, reads the frames; three heads turn its outputs into one vector for a linear
-classifier: the <em>last state</em> (output at the last real frame), the <em>masked mean</em> over the real frames,
-and <code>TemporalAttention</code>, a learned weight per frame (softmax over the real frames; padding gets exactly
-0) and the weighted mean. Same encoder initialisation, data order and budget ({t['epochs']} epochs, batch
-{t['batch_size']}), {n} seeds.</p>
-{_table(['head', 'test accuracy (mean ± sd)', 'per seed', 'train accuracy (mean)', 'parameters', 'train seconds'],
-        rows)}
-<div class="mech"><h3>Temporal attention</h3>
-<p>An additive (Bahdanau) score v<sup>T</sup>tanh(W h<sub>t</sub> + b) for every frame's encoder output
-h<sub>t</sub>, a softmax over the frames of the utterance, and the weighted average of the h<sub>t</sub>. A plain mean
-gives every frame the weight 1/length; the last state relies on the recurrence to carry everything to the end. Below:
-the weights for a few test utterances of each of the 9 speakers (rows grouped by speaker; blank = after the utterance
-ended). Weighted position {a['centre_mean']:.2f} (0 = first frame, 1 = last); weight on the last frame
-{a['last_frame_weight_mean']:.2f} on average.</p>
-{_fig(f['attention'], 'Temporal attention weights over the frames of test utterances, grouped by speaker')}</div>
-{_fig(f['accuracy'], f'Test accuracy per head, mean ± sd over {n} seeds')}"""
-
-
-def _views(views: list[dict[str, str]]) -> str:
-    """Interactive attention views (HTML files beside the report, e.g. from
-    ``attnzoo.viz.attention_view``), embedded when ``results["views"]`` lists them."""
-    items = "".join(f'<h3>{escape(v.get("title", v["file"]))}</h3><p><a href="{escape(v["file"])}">open in its own '
-                    f'tab</a></p><iframe src="{escape(v["file"])}" title="{escape(v.get("title", v["file"]))}" '
-                    'style="width:100%;height:640px;border:1px solid #d6dbe6"></iframe>' for v in views)
-    return f"\n<h2>Interactive attention views</h2>\n{items}"
-
-
-def _dates(d: dict[str, Any]) -> str:
-    mdl, tr, ca, f = d["model"], d["train"], d["cross_attention"], d["figures"]
-    head = ["exact match", "character accuracy", "held-out dates", "parameters", "train seconds"]
-    main = _table(head, [[f"{d['exact_match']:.3f}", f"{d['char_accuracy']:.3f}", d["n_test"],
-                          f"{d['params']:,}", f"{d['seconds']:.1f}"]], left=0)
-    fmt_rows = [[f"<code>{escape(k)}</code>", f"{x:.3f}"] for k, x in d["per_format_exact_match"].items()]
-    ex = [[f"<span class=mono>{escape(e['input'])}</span>", f"<span class=mono>{escape(e['target'])}</span>",
-           f"<span class='mono{'' if e['prediction'] == e['target'] else ' bad'}'>{escape(e['prediction'])}</span>"]
-          for e in d["examples"]]
-    err = [[f"<span class=mono>{escape(e['input'])}</span>", f"<span class=mono>{escape(e['target'])}</span>",
-            f"<span class='mono bad'>{escape(e['prediction'])}</span>"] for e in d["errors"]]
-    wf = d["wrong_fields"]
-    counts = ", ".join(f"{k} {wf[k]}" for k in ("year", "month", "day", "malformed") if wf[k])
-    errors = (f"<p>{d['n_errors']} of {d['n_test']} held-out dates were wrong; fields wrong (a date can count "
-              f"twice): {counts}.</p>" + _table(["input", "target", "prediction"], err, left=3) if err
-              else "<p>No held-out date was wrong.</p>")
-    mass = min(ca["weekday_mass_per_layer"])
-    skip = (f"The weekday name gets as little as {mass:.0%} of the attention though it is "
-            f"{ca['weekday_char_share']:.0%} of the characters: the decoder mostly looks past it."
-            if mass < 0.8 * ca["weekday_char_share"] else
-            f"The weekday name gets {mass:.0%} or more of the attention and is {ca['weekday_char_share']:.0%} "
-            "of the characters: the decoder does not skip it.")
-    layers = [[f"layer {i + 1}", f"{a:.1%}", f"{b:.1%}", f"{c:.1%}"] for i, (a, b, c) in enumerate(
-        zip(ca["field_per_layer"], ca["exact_position_per_layer"], ca["weekday_mass_per_layer"]))]
-    cross = "".join(_fig(c["file"], f"Cross-attention of decoder layer {c['layer']} for {c['input']!r}: output "
-                                    "characters (rows) over input characters (columns), "
-                                    + ("each head and their mean" if c["per_head"] else "mean over heads"))
-                    for c in f["cross"])
-    return f"""
-<h2>Sequences: date normalisation with cross-attention</h2>
-<p>Human-written dates in {len(d['per_format_exact_match'])} formats are rewritten as ISO <code>YYYY-MM-DD</code>,
-one character per token, by an encoder-decoder Transformer (d_model {mdl['d_model']}, {mdl['nhead']} heads,
-{mdl['encoder_layers']}+{mdl['decoder_layers']} layers) trained on {tr['n_train']} pairs for {tr['epochs']} epochs.
-Test dates are calendar days never seen in training; decoding is greedy with the key/value cache.</p>
-{main}
-{_table(['input format', 'exact match'], fmt_rows)}
-{_fig(f['curves'], 'Training loss and held-out exact match per epoch')}
-<h3>Examples (held-out)</h3>{_table(['input', 'target', 'prediction'], ex, left=3)}
-<h3>Mistakes (up to 10)</h3>{errors}
-<div class="mech"><h3>Cross-attention</h3>
-<p>In cross-attention the decoder's queries (one per output character) look at the encoder's keys (one per input
-character): each output row is a probability distribution over input positions, and the output is the weighted mix
-of the input's values. To write the year, the decoder should look at the year in the input; to write the month, at
-the month name or number. The heatmaps below show this alignment as a (permuted) diagonal. Measured on formats
-whose output digits are copies of input digits at known places ({', '.join(ca['formats'])}): the share of output
-digits whose most-attended input character (mean over heads) lies in the right field, is the very character
-copied, and, for <code>weekday_long</code> inputs, the share of attention spent on the weekday name, which
-carries no information the date does not (it is {ca['weekday_char_share']:.0%} of the characters).</p>
-{_table(['decoder layer', 'right field', 'exact character', 'mass on weekday name'], layers)}
-<p>{escape(skip)}</p>{cross}</div>
-<div class="mech"><h3>Self-attention</h3>
-<p>In self-attention queries, keys and values all come from the same sequence, so every position can gather
-context from every other one: in the encoder a digit can learn whether it belongs to the day or the year from
-the separators and words around it, which is what lets the decoder's cross-attention pick the right one. In the
-decoder, self-attention is causal: output character j sees only characters before it (the upper triangle is
-empty), which is what makes step-by-step generation with a key/value cache possible.</p>
-{_fig(f['encoder_self'], 'Encoder self-attention (last layer), each head and their mean')}
-{_fig(f['decoder_self'], 'Decoder self-attention (last layer, causal), mean over heads')}</div>"""
+    """The headline results in words: (topic, sentence), part by part."""
+    return [f for p in _ran(results) for f in p.findings(results[p.name])]
 
 
 def html_page(results: dict[str, Any]) -> str:
     """The whole report page: inline CSS, no scripts, figures by relative file name."""
-    parts = [f"<strong>{escape(topic)}.</strong> {escape(text)}" for topic, text in findings(results)]
-    sections = {"vision": _vision, "resnet": _resnet, "speech": _speech, "dates": _dates}
-    body = "".join(fn(results[k]) for k, fn in sections.items() if k in results)
+    body = "".join(p.section(results[p.name]) for p in _ran(results))
     if results.get("views"):
-        body += _views(results["views"])
-    only = results.get("only")
-    note = f" Only the {only} part was run (--only {only})." if only else ""
-    env = results["environment"]
-    quick = ('<p class="box warn"><strong>Quick run: a smoke test.</strong> <code>--quick</code> trains on small '
-             "budgets (fewer samples, epochs and seeds, higher learning rates) only to show that every model learns; "
-             "its numbers are not the tour's findings and say nothing reliable about which mechanism is better. Run "
-             "<code>attnzoo demo</code> for those.</p>") if results["quick"] else ""
-    when = f" · {escape(env['date'])}" if env.get("date") else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>attnzoo tour: what attention buys</title><style>{_CSS}</style></head><body>
-<h1>attnzoo tour: what attention buys</h1>
-<p class="sub">Seed {results['seed']}{' · quick run (small budget)' if results['quick'] else ''} ·
-device {escape(env['device'])} · torch {escape(env['torch'])} · {results['seconds']:.0f} s in all{when}.{escape(note)}</p>
-{quick}<div class="box"><strong>Findings</strong><ul>{''.join(f'<li>{p}</li>' for p in parts)}</ul></div>
-{body}
-<h2>Reproduce</h2>
-<p><code>attnzoo demo --seed {results['seed']}{' --quick' if results['quick'] else ''}
-{f'--only {escape(only)}' if only else ''}</code> gives the same numbers (timings aside) on the same
-machine type; every number on this page is in <code>results.json</code>.</p>
-</body></html>
-"""
+        body += views_section(results["views"])
+    return page(results, findings(results), body)
 
 
 def summary(results: dict[str, Any], index: str) -> str:
-    """The plain-text table printed when the tour ends."""
-    lines = []
-    v = results.get("vision")
-    if v:
-        lines.append(f"{'vision model':<14}{'test accuracy':>16}{'params':>9}{'train s':>9}")
-        for n in (k for k in NAMES if k in v["models"]):
-            m = v["models"][n]
-            lines.append(f"{n:<14}{acc(m['accuracy_mean'], m['accuracy_std']):>16}{m['params']:>9,}"
-                         f"{m['seconds']:>9.1f}")
-        lines.append(f"CBAM localization ratio (stage 1): {v['cbam_localization_ratio']:.2f}")
-    d = results.get("dates")
-    if d:
-        lines.append(f"dates: exact match {d['exact_match']:.3f}, character accuracy {d['char_accuracy']:.3f} "
-                     f"({d['n_test']} held-out dates, {d['seconds']:.1f} s training)")
+    """The plain-text summary printed when the tour ends: every part's table, the findings."""
+    lines = [line for p in _ran(results) for line in p.lines(results[p.name])]
     if results.get("quick"):
         lines.append("quick run: a smoke test with small budgets; its numbers are not the tour's findings")
     lines += [f"{topic}: {text}" for topic, text in findings(results)]
@@ -434,9 +41,10 @@ def summary(results: dict[str, Any], index: str) -> str:
     return "\n".join(lines)
 
 
-def _md_table(head: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+def _times(run: dict[str, Any]) -> str:
+    cpu = f" ({run['cpu_seconds']:.0f} s of CPU time)" if "cpu_seconds" in run else ""
+    load = run["environment"].get("load_average_1min_at_start")
+    return f"{run['seconds']:.0f} s{cpu}" + (f", load average {load:.1f} at the start" if load is not None else "")
 
 
 def readme_results(results: dict[str, Any], quick: dict[str, Any] | None = None) -> str:
@@ -444,46 +52,13 @@ def readme_results(results: dict[str, Any], quick: dict[str, Any] | None = None)
     ``results.json`` of a real default run (and, for the quick run's time, of a quick run),
     so README cannot drift from what the tour measured; ``tests/test_demo.py`` checks it."""
     env = results["environment"]
-    load = env.get("load_average_1min_at_start")
-    out = [f"Run `{env.get('command', 'attnzoo demo')}` on {env.get('date', '?')}: attnzoo {env.get('attnzoo', '?')}, "
-           f"torch {env['torch']}, {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, "
-           f"{env['threads']} thread used), {results['seconds']:.0f} s in all"
-           + (f" ({results['cpu_seconds']:.0f} s of CPU time, about what it takes on an idle machine)"
-              if "cpu_seconds" in results else "")
-           + (f"; load average {load:.1f} at the start (other work on the machine slows every timing)"
-              if load is not None else "") + "."]
+    head = (f"Run `{env.get('command', 'attnzoo demo')}` on {env.get('date', '?')}: attnzoo {env.get('attnzoo', '?')}, "
+            f"torch {env['torch']}, {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, {env['threads']} "
+            f"thread used), {_times(results)}. CPU time is the closer guide to the run time on an idle machine: "
+            "other work on the machine slows the wall-clock time most, and the CPU time somewhat.")
     if quick is not None:
-        qe = quick["environment"]
-        qload = qe.get("load_average_1min_at_start")
-        out[0] += (f" `{qe.get('command', 'attnzoo demo --quick')}`: {quick['seconds']:.0f} s"
-                   + (f" ({quick['cpu_seconds']:.0f} s of CPU time)" if "cpu_seconds" in quick else "")
-                   + (f" (load average {qload:.1f})" if qload is not None else "") + ".")
-    v = results.get("vision")
-    if v:
-        n = len(v["seeds"])
-        out.append(_md_table(["small CNN on cluttered digits", f"test accuracy ({n} seed{'s' if n != 1 else ''})", "train accuracy",
-                              "parameters", "train s / seed"],
-                             [[NAMES[k], acc(m["accuracy_mean"], m["accuracy_std"]), f"{m['train_accuracy_mean']:.3f}",
-                               f"{m['params']:,}", f"{m['seconds']:.1f}"]
-                              for k, m in ((k, v["models"][k]) for k in NAMES if k in v["models"])]))
-    r = results.get("resnet")
-    if r:
-        n = len(r["seeds"])
-        out.append(_md_table(["small ResNet + `add_attention`", "gates", "parameters", "train accuracy",
-                              f"test accuracy ({n} seed{'s' if n != 1 else ''})", "train − test (points)"],
-                             [[RESNET_NAMES[k], m["gates"], f"{m['params']:,}", f"{m['train_accuracy_mean']:.3f}",
-                               acc(m["accuracy_mean"], m["accuracy_std"]), f"{m['gap_points_mean']:+.1f}"]
-                              for k, m in ((k, r["models"][k]) for k in RESNET_NAMES if k in r["models"])]))
-    sp = results.get("speech")
-    if sp:
-        n = len(sp["seeds"])
-        out.append(_md_table(["Japanese Vowels speaker ID, GRU + head", f"test accuracy ({n} seed{'s' if n != 1 else ''})", "parameters"],
-                             [[SPEECH_NAMES[k], acc(m["accuracy_mean"], m["accuracy_std"]), f"{m['params']:,}"]
-                              for k, m in ((k, sp["models"][k]) for k in SPEECH_NAMES if k in sp["models"])]))
-    d = results.get("dates")
-    if d:
-        out.append(_md_table(["dates Transformer", "exact match", "character accuracy", "held-out dates", "parameters"],
-                             [["encoder-decoder", f"{d['exact_match']:.3f}", f"{d['char_accuracy']:.3f}", d["n_test"],
-                               f"{d['params']:,}"]]))
+        head += f" `{quick['environment'].get('command', 'attnzoo demo --quick')}`: {_times(quick)}."
+    head += f" Reproducibility: {REPRODUCIBLE}. How findings are worded: {RULE}."
+    out = [head, *(p.markdown(results[p.name]) for p in _ran(results))]
     out.append("\n".join(f"* **{topic}.** {text}" for topic, text in findings(results)))
     return "\n\n".join(out) + "\n"

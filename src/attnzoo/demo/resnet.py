@@ -13,7 +13,7 @@ CBAM put in by ``attnzoo.add_attention``
 Every variant starts from the same weights of the shared layers, sees the same batches and
 the same budget; train AND test accuracy are reported, so the gap shows overfitting.
 
-Network (BatchNorm and ReLU after each conv; ``widths`` = (16, 32, 64))::
+Network (BatchNorm and ReLU after each conv; ``widths`` = (16, 32, 64)):
 
     stem:    3x3 conv, stride 2, 1 -> 16 channels, 32x32 -> 16x16
     block 1: basic block, 16 -> 16, stride 1, 16x16
@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..data import make_cluttered_digits
-from .common import ResNetBudget, mean_histories, mean_std, paired_difference, say
+from .common import ResNetBudget, mean_histories, say
+from .stats import mean_std, paired_difference
 from .vision import evaluate, train_classifier
 
 #: variant -> (kind, where) for ``add_attention``; None = the plain ResNet.

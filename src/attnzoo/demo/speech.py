@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from ..data.vowels import load_japanese_vowels
 from ..temporal import TemporalAttention
-from .common import SpeechBudget, mean_std, paired_difference, progress_bar, say, stopwatch, sync
+from .common import SpeechBudget, progress_bar, say, stopwatch, sync
+from .stats import mean_std, paired_difference
 
 HEADS = ("last", "mean", "attention")
 N_SPEAKERS, N_COEFFS = 9, 12

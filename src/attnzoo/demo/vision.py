@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from ..data import ClutteredDigits, make_cluttered_digits
 from ..factory import create_attention
 from ..record import AttentionRecorder
-from .common import VisionBudget, mean_histories, mean_std, paired_difference, progress_bar, say, stopwatch, sync
+from .common import VisionBudget, mean_histories, progress_bar, say, stopwatch, sync
+from .stats import mean_std, paired_difference
 
 MODELS = ("baseline", "se", "cbam")
 _ATTENTION = {"baseline": None, "se": "se", "cbam": "cbam"}
@@ -260,14 +261,15 @@ def _figures(viz: Any, fig_dir: Any, budget: VisionBudget, runs: dict, models: d
              profiles: list[np.ndarray], seed: int) -> dict[str, str]:
     figs = {}
     n_seeds = len(runs["baseline"])
+    seeds = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
     colors = {n: viz.model_color(n) for n in MODELS}
     viz.plot_accuracy_bars({n: (models[n]["accuracy_mean"], models[n]["accuracy_std"]) for n in MODELS},
                            fig_dir / "vision_accuracy.png", colors=colors,
-                           title=f"Cluttered digits: test accuracy (mean ± sd, {n_seeds} seeds)")
+                           title=f"Cluttered digits: test accuracy (mean ± sd, {seeds})")
     figs["accuracy"] = "vision_accuracy.png"
     viz.plot_training_curves(mean_histories({n: [r["history"] for r in runs[n]] for n in MODELS}),
                              fig_dir / "vision_curves.png", colors=colors,
-                             title=f"Cluttered digits: train loss and test accuracy per epoch (mean of {n_seeds} seeds)")
+                             title=f"Cluttered digits: train loss and test accuracy per epoch (mean of {seeds})")
     figs["curves"] = "vision_curves.png"
     last = len(profiles)
     for stage in range(1, last + 1):

@@ -3,9 +3,9 @@
 Built on ``torch.distributed`` point-to-point ops (any backend: gloo on CPU, NCCL on GPU);
 it does not use PyTorch's experimental ``torch.distributed.tensor.experimental.context_parallel``.
 
-* :func:`ring_attention` (ring.py): the exact sharded attention, forward and backward.
-* :func:`shard`, :func:`unshard`, :class:`ShardLayout` (zigzag.py): who holds which positions.
-* :func:`context_parallel` (module.py): switch a model's attnzoo attention to the ring.
+* `ring_attention` (ring.py): the exact sharded attention, forward and backward.
+* `shard`, `unshard`, `ShardLayout` (zigzag.py): who holds which positions.
+* `context_parallel` (module.py): switch a model's attnzoo attention to the ring.
 
 See docs/distributed.md.
 """

@@ -4,18 +4,18 @@
 
 For each P, P fresh processes (gloo on 127.0.0.1) each hold one zigzag shard of a
 sequence of ``--length`` tokens, q (1, H, L/P, hs), k, v (1, H, L/P, hs) float32, and
-run ONE causal forward + backward of :func:`~attnzoo.distributed.ring_attention`, after
+run ONE causal forward + backward of `ring_attention`, after
 a warm-up on a tiny input. Per rank it records:
 
 * peak memory: ``VmHWM`` after the call minus ``VmRSS`` just before it (the high-water
   mark reset first through ``/proc/self/clear_refs``): what the call itself adds;
 * time of the call (wall clock, all ranks released together by a barrier);
-* bytes this rank sent round the ring (:data:`~attnzoo.distributed.RING_STATS`), next to
-  the analytic volume :func:`ring_bytes`.
+* bytes this rank sent round the ring (`RING_STATS`), next to
+  the analytic volume `ring_bytes`.
 
 With ``--layers n`` (default 2) the same is measured for a stack of n
 ``TransformerEncoderLayer`` (E = H·hs, feed-forward 4E, causal) switched by
-:func:`~attnzoo.distributed.context_parallel`, on x (1, L/P, E): there the activations
+`context_parallel`, on x (1, L/P, E): there the activations
 every layer keeps for the backward dominate, and the ring's transient buffers (one layer's
 at a time) matter less. A row "P=1, one process, fused" runs attnzoo's single-process
 path (torch's fused kernel, no ring) on the whole sequence, for reference. Every process uses ONE thread,
@@ -165,7 +165,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         base = next((b for b in rows if b["P"] == 1 and not b["fused"] and b["layers"] == r["layers"]), None)
         what = f"{r['layers']} Transformer layers" if r["layers"] else "attention"
         name = "1, one process, fused (no ring)" if r["fused"] else str(r["P"])
-        ratio = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if base and not r["fused"] else "—"
+        measurable = base is not None and base["peak_mb"] > 0 and not r["fused"]  # tiny runs can measure 0 MB
+        ratio = f"{r['peak_mb'] / base['peak_mb']:.2f}x" if measurable else "—"
         sent, analytic = f"{r['bytes_sent'] / 2**20:.1f} MiB", f"{r['bytes_analytic'] / 2**20:.1f} MiB"
         lines.append(f"| {what} | {name} | {r['local_length']} | {_mb(r['peak_mb'])} | {ratio} | {r['seconds']:.2f} s | "
                      f"{sent} | {analytic} |")
@@ -173,6 +174,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 _COMMAND = "python -m attnzoo.distributed.bench"
+#: Fewest elements per rank in each of q, k, v (or x, with --layers): 64 KiB in float32.
+#: Peak memory is counted in 4 KiB pages, so a smaller problem can measure as 0 MB.
+MIN_ELEMENTS = 1 << 14
+
+
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` is an earlier results file of this benchmark (all it ever replaces)."""
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("command", "")).startswith(_COMMAND)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _json_problem(path: str) -> str | None:
@@ -185,13 +197,35 @@ def _json_problem(path: str) -> str | None:
         return f"folder {target.parent} does not exist"
     if not os.access(target.parent, os.W_OK):
         return f"cannot write in {target.parent}"
-    if target.exists():
-        try:
-            ours = str(json.loads(target.read_text(encoding="utf-8")).get("command", "")).startswith(_COMMAND)
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            return f"{target} exists and was not written by this benchmark; choose a new file name"
+    if target.exists() and not _is_ours(target):
+        return f"{target} exists and was not written by this benchmark; choose a new file name"
+    return None
+
+
+def _problem(args: argparse.Namespace) -> str | None:
+    """The first bad argument, as the one line to print, or None."""
+    if args.json and (problem := _json_problem(args.json)):  # never someone else's file
+        return f"--json {args.json}: {problem}"
+    try:
+        ps = [int(p) for p in args.ranks.split(",")]
+    except ValueError:
+        ps = []
+    if not ps or min(ps) < 1:
+        return f"--ranks must be comma-separated positive ints, got {args.ranks!r}"
+    if args.layers < 0:
+        return f"--layers must be >= 0, got {args.layers}"
+    for name in ("length", "heads", "head_dim"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    if any(args.length % (2 * p) for p in ps):
+        return f"--length must be a multiple of 2·P for every P in {ps}, got {args.length}"
+    per_rank = args.length // max(ps) * args.heads * args.head_dim
+    if per_rank < MIN_ELEMENTS:
+        return (f"--length {args.length} is too small to measure with --heads {args.heads} --head-dim "
+                f"{args.head_dim} and P={max(ps)}: length/P·heads·head-dim = {per_rank} elements per rank, "
+                f"peak memory (counted in 4 KiB pages) needs at least {MIN_ELEMENTS}")
+    if not Path("/proc/self/clear_refs").exists():
+        return "this benchmark needs Linux /proc/self/clear_refs to measure peak memory"
     return None
 
 
@@ -203,46 +237,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2,
                         help="also measure a stack of this many TransformerEncoderLayers (0: attention only)")
-    parser.add_argument("--json", help="also write the rows to this file (atomically)")
+    parser.add_argument("--json", help="also write the rows to this file (atomically; never replacing a file "
+                                       "this benchmark did not write, even one that appears during the run)")
     args = parser.parse_args(argv)
-    if args.json and (problem := _json_problem(args.json)):  # before minutes of work, never someone else's file
-        print(f"error: --json {args.json}: {problem}", file=sys.stderr)
+    if problem := _problem(args):  # before minutes of work
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    try:
-        ps = [int(p) for p in args.ranks.split(",")]
-    except ValueError:
-        ps = []
-    if not ps or min(ps) < 1:
-        print(f"error: --ranks must be comma-separated positive ints, got {args.ranks!r}", file=sys.stderr)
-        return 2
-    if args.layers < 0:
-        print(f"error: --layers must be >= 0, got {args.layers}", file=sys.stderr)
-        return 2
-    for name in ("length", "heads", "head_dim"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
-            return 2
-    if any(args.length % (2 * p) for p in ps):
-        print(f"error: --length must be a multiple of 2·P for every P in {ps}, got {args.length}", file=sys.stderr)
-        return 2
-    if not Path("/proc/self/clear_refs").exists():
-        print("error: this benchmark needs Linux /proc/self/clear_refs to measure peak memory", file=sys.stderr)
-        return 2
+    ps = [int(p) for p in args.ranks.split(",")]
     rows = []
     for layers in [0] + ([args.layers] if args.layers else []):
         rows.append(run_row(1, args.length, args.heads, args.head_dim, fused=True, layers=layers))
         for p in ps:
             rows.append(run_row(p, args.length, args.heads, args.head_dim, layers=layers))
             print(f"layers={layers} P={p}: done", file=sys.stderr, flush=True)
-    table = format_table(rows)
-    print(table)
-    if args.json:
-        from .._io import atomic_write_json
+    if args.json:  # first: the table below cannot lose the results
+        from .._io import write_json_owned
 
         machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": sys.version.split()[0],
                    "backend": "gloo", "dtype": "float32", "causal": True, "layout": "zigzag"}
-        atomic_write_json(args.json, {"machine": machine, "command": f"{_COMMAND} "
-                                      + " ".join(argv if argv is not None else sys.argv[1:]), "rows": rows})
+        command = f"{_COMMAND} " + " ".join(argv if argv is not None else sys.argv[1:])
+        target = Path(args.json).expanduser().resolve()
+        written = write_json_owned(target, {"machine": machine, "command": command, "rows": rows}, _is_ours)
+        if written != target:
+            print(format_table(rows))
+            print(f"error: --json {args.json}: {target} appeared during the run and was not written by this "
+                  f"benchmark; it was left as it is and the results were written to {written}", file=sys.stderr)
+            return 1
+    print(format_table(rows))
     return 0
 
 

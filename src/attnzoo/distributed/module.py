@@ -1,10 +1,10 @@
 """Context parallelism for attnzoo models: self-attention over a sequence sharded across ranks.
 
-:func:`context_parallel` switches every :class:`~attnzoo.MultiHeadAttention` in a model
+`context_parallel` switches every `MultiHeadAttention` in a model
 (``SelfAttention``, the Transformer layers' attention, ...) to ring attention over the ranks
 of a process group, in place. The parameters, their names and the state dict are
 unchanged; every other layer (norms, feed-forward, projections) acts position by
-position and needs no change. Each rank then feeds its shard of the sequence::
+position and needs no change. Each rank then feeds its shard of the sequence:
 
     x_local (B, N, E)  ->  out_local (B, N, E)          N = Lp / P  (see attnzoo.distributed.zigzag)
 
@@ -13,9 +13,9 @@ Self-attention (``key`` None or ``key is query``) runs the ring. Masks keep
 rank's part only:
 
 * ``key_padding_mask`` (B, N): this shard's keys (e.g. the ``padding`` from
-  :func:`~attnzoo.distributed.zigzag.shard`, OR-ed with the data's own padding).
+  `shard`, OR-ed with the data's own padding).
 * ``attn_mask`` (N, Lp) or (B·H, N, Lp): this shard's query rows, all key columns in
-  global order (:func:`~attnzoo.distributed.zigzag.shard_attn_mask` builds it).
+  global order (`shard_attn_mask` builds it).
 * ``is_causal=True``: causal in global positions.
 
 Cross-attention (a ``key`` that is not the query) is not sharded: every rank passes the

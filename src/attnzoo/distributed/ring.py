@@ -1,7 +1,7 @@
 """Ring attention: exact attention over a sequence sharded across the ranks of a group.
 
 Each of the P ranks of a ``torch.distributed`` process group holds one shard (see
-:mod:`attnzoo.distributed.zigzag` for which positions)::
+`attnzoo.distributed.zigzag` for which positions):
 
     q (B, H, N, hs)   k, v (B, Hkv, N, hs)   ->   out (B, H, N, hs)      N = Lp / P
 
@@ -44,7 +44,7 @@ RING_STATS = {"bytes_sent": 0, "messages": 0}
 
 
 def reset_ring_stats() -> None:
-    """Zero :data:`RING_STATS`."""
+    """Zero `RING_STATS`."""
     RING_STATS.update(bytes_sent=0, messages=0)
 
 

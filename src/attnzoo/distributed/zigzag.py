@@ -2,7 +2,7 @@
 
 With P ranks, a sequence of length L is padded at its END to ``Lp = ceil(L / 2P) · 2P``
 positions and cut into 2P chunks of ``C = Lp / 2P``. Rank r holds chunks r and 2P-1-r,
-in that order, so its shard has ``Lp / P`` positions::
+in that order, so its shard has ``Lp / P`` positions:
 
     P = 2, 2P = 4 chunks:   | 0 | 1 | 2 | 3 |      rank 0 holds chunks 0, 3
                                                     rank 1 holds chunks 1, 2
@@ -11,10 +11,10 @@ Under a causal mask an early chunk sees few keys and a late one many; pairing th
 every rank the same work. ``zigzag=False`` gives rank r one contiguous chunk instead
 (positions r·Lp/P .. (r+1)·Lp/P - 1): the same results, unbalanced when causal.
 
-Shapes: :func:`shard` takes ``x`` with the sequence at ``dim`` (e.g. (B, L, E), dim=1)
+Shapes: `shard` takes ``x`` with the sequence at ``dim`` (e.g. (B, L, E), dim=1)
 and returns this rank's ``(B, Lp/P, E)`` plus ``padding`` (Lp/P,) bool, True = a padded
 position. Pass ``padding`` as key padding (so no real query attends to it) and leave
-those rows out of the loss. :func:`unshard` gathers the shards back into (B, L, E).
+those rows out of the loss. `unshard` gathers the shards back into (B, L, E).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def shard_attn_mask(attn_mask: Tensor, group: dist.ProcessGroup | None = None, *
 
     Returns ``(..., Lp/P, Lp)``: the local query rows, every key column in global order;
     padded rows and columns are True (blocked). This is the ``attn_mask`` a
-    context-parallel :class:`~attnzoo.MultiHeadAttention` takes.
+    context-parallel `MultiHeadAttention` takes.
     """
     attn_mask = _check("attn_mask", attn_mask)
     if attn_mask.dtype != torch.bool or attn_mask.dim() < 2 or attn_mask.size(-1) != attn_mask.size(-2):

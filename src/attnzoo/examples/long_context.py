@@ -2,7 +2,7 @@
 
     torchrun --nproc-per-node 2 -m attnzoo.examples.long_context [--steps 5] [--length 1001]
 
-Every process builds the same model and the same data. :func:`attnzoo.distributed.context_parallel`
+Every process builds the same model and the same data. `attnzoo.distributed.context_parallel`
 switches its attention to ring attention, and each rank trains on its zigzag shard of the
 sequence (B, N) with N = Lp / P; gradients are summed over the ranks (as DDP does). Beside
 it, every rank also trains an identical copy on the WHOLE sequence in one process, and rank
