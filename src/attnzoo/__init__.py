@@ -12,6 +12,7 @@ from .channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
 from .record import AttentionMap, AttentionRecorder
 from .kvcache import KVCache
+from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
 from .spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
 from .retrofit import add_attention, find_attention
@@ -39,4 +40,8 @@ __all__ = [
     "TemporalAttention",
     "add_attention",
     "find_attention",
+    "RotaryEmbedding",
+    "alibi_slopes",
+    "alibi_bias",
+    "RelativePositionBias",
 ]
