@@ -23,7 +23,8 @@ from attnzoo._io import atomic_path
 from attnzoo.maps.view import attention_view as attention_view  # interactive HTML (no matplotlib)
 
 __all__ = ["plot_attention", "plot_channel_profile", "plot_spatial_overlay", "plot_training_curves",
-           "plot_accuracy_bars", "plot_train_test_bars", "plot_sequence_weights", "model_color"]
+           "plot_accuracy_bars", "plot_train_test_bars", "plot_sequence_weights", "model_color",
+           "plot_lines_with_spread"]
 
 DPI = 110
 ATTN_CMAP = "viridis"
@@ -470,6 +471,51 @@ def plot_sequence_weights(weights: Any, lengths: Any, path: PathLike, *, row_lab
     ax.set_xticklabels([str(i + 1) for i in range(0, t, 2)], fontsize=8)
     ax.set_xlabel("frame", fontsize=9)
     fig.colorbar(im, ax=ax, label="weight", pad=0.01)
+    if title:
+        ax.set_title(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_lines_with_spread(series: Mapping[str, Sequence[Sequence[float | None]]], xs: Sequence[float],
+                           path: PathLike, *, xlabel: str = "", ylabel: str = "", title: str | None = None,
+                           colors: Mapping[str, Any] | None = None, vline: float | None = None,
+                           log2_x: bool = False) -> Path:
+    """One line per name of ``series``: ``name -> (means, sds)``, each a list aligned with
+    ``xs``, the band mean ± sd shaded. A None mean (not applicable there) leaves a gap: that
+    point is not drawn. ``vline`` draws a dashed vertical line (e.g. the training length);
+    ``log2_x`` puts ``xs`` on a base-2 log axis labelled with the values themselves."""
+    x = _array("xs", xs, ["(N,)"])
+    if x.size == 0 or not np.all(np.isfinite(x)) or (log2_x and np.any(x <= 0)):
+        raise ValueError(f"xs must be a non-empty list of finite{' positive' if log2_x else ''} numbers, got {xs!r}")
+    if not isinstance(series, Mapping) or not series:
+        raise ValueError("series must be a non-empty dict name -> (means, sds)")
+    lines = {}
+    for name, value in series.items():
+        if not isinstance(value, Sequence) or len(value) != 2 or any(len(v) != x.size for v in value):
+            raise ValueError(f"series[{name!r}] must be (means, sds), two lists of {x.size} values (None = not "
+                             f"applicable), got {value!r}")
+        m, s = (np.array([np.nan if v is None else float(v) for v in vals]) for vals in value)
+        if np.any(np.isinf(m)) or np.any(np.isnan(s) != np.isnan(m)) or np.any(s < 0):
+            raise ValueError(f"series[{name!r}]: means must be finite and sds >= 0 where the mean is given, "
+                             f"got {value!r}")
+        lines[str(name)] = (m, s)
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.subplots()
+    palette = _colors(len(lines)) if colors is None else [colors.get(n) for n in series]
+    for (name, (m, s)), color in zip(lines.items(), palette):
+        ax.plot(x, m, label=name, color=color, linewidth=1.8, marker="o", markersize=4)
+        ax.fill_between(x, m - s, m + s, color=color, alpha=0.2, linewidth=0)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{v:g}" for v in x], fontsize=8)
+    if vline is not None:
+        ax.axvline(vline, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, frameon=False)
     if title:
         ax.set_title(title, fontsize=11)
     return _save(fig, path)
