@@ -261,8 +261,9 @@ def test_findings_word_the_alibi_claim_from_the_numbers(quick):
 
     r = json.loads(json.dumps(quick[0]))
     r["seeds"] = [0, 1, 2]
-    flat, rises, drifts = paired_difference([3.01, 3.0, 3.02], [3.0, 3.0, 3.01]), paired_difference([3.5, 3.6, 3.55], [3.0, 3.1, 3.05]), \
-        paired_difference([3.1, 2.9, 3.3], [3.0, 3.0, 3.0])
+    flat = paired_difference([3.01, 3.0, 3.02], [3.0, 3.0, 3.01])  # +0.007 ± 0.006: not significant
+    rises = paired_difference([3.5, 3.6, 3.55], [3.0, 3.1, 3.05])  # +0.5 every seed
+    drifts = paired_difference([3.1, 2.9, 3.3], [3.0, 3.0, 3.0])  # +0.1 ± 0.2: not conclusive
     cases = [(flat, rises, "holds here"), (rises, rises, "does not hold here: ALiBi's loss rises too"),
              (flat, drifts, "is not conclusive here")]
     for alibi, sinusoidal, words in cases:
@@ -272,5 +273,22 @@ def test_findings_word_the_alibi_claim_from_the_numbers(quick):
         assert f"The ALiBi paper's claim (its loss stays flat beyond the training length while sinusoidal " \
                f"positions degrade) {words}" in text[-1], text[-1]
         if sinusoidal is rises:
-            assert "; sinusoidal worse: +0.500 ± 0.000 bits/char (paired over 3 seeds; 95% interval +0.500 to " \
+            assert ": sinusoidal worse: +0.500 ± 0.000 bits/char (paired over 3 seeds; 95% interval +0.500 to " \
                    "+0.500 bits; the margin for other machines is ±0.000)" in text[-2], text[-2]
+
+
+def test_lines_plot_draws_gaps_and_rejects_bad_input(tmp_path):
+    from attnzoo import viz
+
+    path = viz.plot_lines_with_spread({"a": ([3.0, None], [0.1, None]), "b": ([2.0, 2.5], [0.0, 0.2])}, [128, 256],
+                                      tmp_path / "ok.png", log2_x=True, vline=128)
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    bad = [({"a": ([3.0, float("nan")], [0.1, 0.1])}, [1, 2], "series\\['a'\\]: means and sds must be finite"),
+           ({"a": ([3.0, None], [0.1, 0.1])}, [1, 2], "None at the same places"),
+           ({"a": ([3.0, 2.0], [0.1, -0.1])}, [1, 2], "sds >= 0"),
+           ({"a": ([3.0], [0.1])}, [1, 2], r"series\['a'\] must be \(means, sds\), two lists of 2 values"),
+           ({"a": ([3.0], [0.1])}, [0], "xs must be a non-empty list of finite positive numbers")]
+    for series, xs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            viz.plot_lines_with_spread(series, xs, tmp_path / "bad.png", log2_x=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.png"]

@@ -494,9 +494,11 @@ def plot_lines_with_spread(series: Mapping[str, Sequence[Sequence[float | None]]
         if not isinstance(value, Sequence) or len(value) != 2 or any(len(v) != x.size for v in value):
             raise ValueError(f"series[{name!r}] must be (means, sds), two lists of {x.size} values (None = not "
                              f"applicable), got {value!r}")
+        given = [v is not None for v in value[0]]
         m, s = (np.array([np.nan if v is None else float(v) for v in vals]) for vals in value)
-        if np.any(np.isinf(m)) or np.any(np.isnan(s) != np.isnan(m)) or np.any(s < 0):
-            raise ValueError(f"series[{name!r}]: means must be finite and sds >= 0 where the mean is given, "
+        if ([v is not None for v in value[1]] != given or not np.all(np.isfinite(m[given]))
+                or not np.all(np.isfinite(s[given])) or np.any(s[given] < 0)):
+            raise ValueError(f"series[{name!r}]: means and sds must be finite, sds >= 0, None at the same places, "
                              f"got {value!r}")
         lines[str(name)] = (m, s)
     fig = _new_figure(6.4, 4.0)

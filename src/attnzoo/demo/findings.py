@@ -235,7 +235,8 @@ def positions_text(p: dict[str, Any]) -> list[str]:
     na = [POSITION_NAMES[s] for s in names if sch[s]["bits_mean"][-1] is None]
     out.append(f"Beyond the training length, at context {longest} against {ctx} (the same characters scored, each "
                f"with {longest - t['scored']} or more characters before it): " + "; ".join(beyond) + "."
-               + (f" {', '.join(na).capitalize()}: not applicable beyond {ctx} (no position rows there)." if na else ""))
+               + (f" {', '.join(na).capitalize()}: not applicable beyond {ctx} (no position rows there)."
+                  if na else ""))
     if "alibi_longest_vs_train" in cmp and "sinusoidal_longest_vs_train" in cmp:
         a, s = cmp["alibi_longest_vs_train"], cmp["sinusoidal_longest_vs_train"]
         alibi_up, sin_up = (c["significant"] and c["mean_points"] > 0 for c in (a, s))
