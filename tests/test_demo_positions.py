@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +26,7 @@ from attnzoo.demo.common import NUM_THREADS, QUICK, PositionsBudget  # noqa: E40
 from attnzoo.demo.stats import paired_difference  # noqa: E402
 
 SCHEMES = ("learned", "sinusoidal", "rope", "alibi", "nope")
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DEFAULT = ROOT / "docs" / "results" / "demo-default.json"
-TINY = PositionsBudget(steps=40, n_seeds=1, batch_size=8, n_windows=3, context=32, d_model=32)
+TINY = PositionsBudget(steps=40, n_seeds=1, batch_size=8, lr=2e-2, n_windows=3, context=64, scored=64, d_model=32)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -78,9 +75,9 @@ def test_every_scheme_learns_on_a_tiny_budget(scheme, one_thread):
     ids, val = load_tiny_shakespeare("train"), load_tiny_shakespeare("val")
     model = positions.build_model(scheme, 0, TINY)
     ends = charlm.window_ends(len(val), 4, 128)
-    before = charlm.bits_per_char(model, val, ends, 32, 32)
+    before = charlm.bits_per_char(model, val, ends, 64, 64)
     positions.train(model, ids, TINY, 0, "test")
-    after = charlm.bits_per_char(model, val, ends, 32, 32)
+    after = charlm.bits_per_char(model, val, ends, 64, 64)
     unigram = _unigram_bits()
     assert before > unigram  # an untrained model is worse than character frequencies
     assert after < unigram - 0.5, (scheme, before, after, unigram)
@@ -178,6 +175,13 @@ def test_bits_per_char_scores_the_same_characters_at_every_context():
         assert charlm.bits_per_char(model, val, ends, context, 24) == pytest.approx(expected, rel=1e-5)
 
 
+def test_scored_cannot_exceed_the_context():
+    model = charlm.CharLM("nope", 65, context=16, d_model=16, nhead=4, layers=1)
+    val = load_tiny_shakespeare("val")
+    with pytest.raises(ValueError, match=r"^scored must be in 1\.\.context=32, got 64$"):
+        charlm.bits_per_char(model, val, charlm.window_ends(len(val), 2, 64), 32, 64)
+
+
 def test_window_ends_rejects_a_short_split():
     with pytest.raises(ValueError, match="the split has 100 tokens, too few for 4 windows of 128"):
         charlm.window_ends(100, 4, 128)
@@ -187,7 +191,7 @@ def test_quick_results_structure_and_learning(quick):
     r, _, out = quick
     b = QUICK["positions"]
     t = r["task"]
-    assert t["eval_contexts"] == [128, 256, 512, 1024] and t["context"] == 128
+    assert t["eval_contexts"] == [b.context, 2 * b.context, 4 * b.context, 8 * b.context] and t["context"] == b.context
     assert t["scored_chars"] == b.n_windows * b.scored
     assert t["unigram_bits"] == pytest.approx(_unigram_bits(), abs=2e-3)
     assert r["seeds"] == [0] and set(r["schemes"]) == set(SCHEMES)
@@ -202,7 +206,7 @@ def test_quick_results_structure_and_learning(quick):
                 assert m["bits"][i] is None and m["bits_mean"][i] is None and m["bits_std"][i] is None
         assert isinstance(m["params"], int) and m["seconds"] > 0 and len(r["histories"][scheme][0]["loss"]) == 10
     params = {s: m["params"] for s, m in r["schemes"].items()}
-    assert params["learned"] == params["nope"] + 128 * b.d_model
+    assert params["learned"] == params["nope"] + b.context * b.d_model
     assert params["sinusoidal"] == params["rope"] == params["alibi"] == params["nope"]
     cmp = r["comparisons"]
     assert set(cmp) == ({f"{s}_vs_nope" for s in SCHEMES if s != "nope"}
@@ -232,27 +236,26 @@ def test_part_is_in_only_and_help(capsys):
     assert "'positions' (what position schemes" in out and "RoPE, ALiBi" in out
 
 
-def _committed_default() -> dict:
-    return json.loads(RESULTS_DEFAULT.read_text("utf-8"))
-
-
-@pytest.mark.skipif(not RESULTS_DEFAULT.exists(), reason="needs the source checkout (docs/results/)")
-def test_summary_and_readme_cover_the_part_when_it_ran(quick):
+def test_summary_page_and_readme_cover_the_part_when_it_ran(quick):
     r = quick[0]
-    results = {**_committed_default(), "positions": r}
+    base = {"seed": 0, "quick": True, "only": "positions", "parts": ["positions"], "seconds": 1.0, "views": [],
+            "environment": {"device": "cpu", "torch": torch.__version__, "threads": NUM_THREADS}}
+    results = {**base, "positions": r}
     text = report.summary(results, "x/index.html")
-    assert "\npositions " in "\n" + text and "bits/char @1024" in text
+    assert "\npositions " in "\n" + text and f"bits/char @{8 * r['task']['context']}" in text
     assert f"{r['schemes']['alibi']['bits_mean'][3]:.3f} ± 0.000" in text
-    assert "learned " in text and " n/a" in text
+    assert "learned " in text and " n/a" in text and "Positions: Character-level Tiny Shakespeare" in text
     md = report.readme_results(results)
-    assert "| Tiny Shakespeare, trained at context 128 | bits/char at 128 (1 seed) |" in md
+    c = r["task"]["context"]
+    assert f"| Tiny Shakespeare, trained at context {c} | bits/char at {c} (1 seed) |" in md
     assert "| learned absolute | " in md and "| n/a | n/a | n/a |" in md
     assert "**Positions.**" in md
-    html = report.html_page({**results, "seconds": 1.0, "views": []})
+    html = report.html_page(results)
     assert "Positions: what a position scheme buys" in html and 'src="positions_context.png"' in html
-    # a run without the part (the committed results, or --only another part) has no trace of it
-    without = report.readme_results(_committed_default())
+    # a run without the part (--only another part, or the committed results) has no trace of it
+    without = report.readme_results(base)
     assert "Tiny Shakespeare" not in without and "Positions" not in without
+    assert "Positions" not in report.html_page(base)
 
 
 def test_findings_word_the_alibi_claim_from_the_numbers(quick):
@@ -265,7 +268,7 @@ def test_findings_word_the_alibi_claim_from_the_numbers(quick):
     rises = paired_difference([3.5, 3.6, 3.55], [3.0, 3.1, 3.05])  # +0.5 every seed
     drifts = paired_difference([3.1, 2.9, 3.3], [3.0, 3.0, 3.0])  # +0.1 ± 0.2: not conclusive
     cases = [(flat, rises, "holds here"), (rises, rises, "does not hold here: ALiBi's loss rises too"),
-             (flat, drifts, "is not conclusive here")]
+             (flat, drifts, "is not settled here: ALiBi's loss does not rise significantly, but sinusoidal's change")]
     for alibi, sinusoidal, words in cases:
         r["comparisons"]["alibi_longest_vs_train"] = alibi
         r["comparisons"]["sinusoidal_longest_vs_train"] = sinusoidal

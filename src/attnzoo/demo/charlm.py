@@ -127,6 +127,8 @@ def bits_per_char(model: CharLM, ids: Tensor, ends: Tensor, context: int, scored
     """Mean loss in bits of the `scored` last predictions of windows `ids[e - context: e]`,
     one per end `e` (targets `ids[e - context + 1: e + 1]`); None where the model cannot take
     `context` tokens (learned positions beyond the training length)."""
+    if not 0 < scored <= context:
+        raise ValueError(f"scored must be in 1..context={context}, got {scored}")
     if model.max_length is not None and context > model.max_length:
         return None
     was = model.training

@@ -119,7 +119,7 @@ QUICK = {
     "resnet": ResNetBudget(n_train=1280, n_test=300, epochs=3, lr=6e-3, batch_size=32, n_seeds=1),
     "speech": SpeechBudget(epochs=6, hidden=32, lr=1e-2, n_plot_per_speaker=2),
     "dates": DatesBudget(n_train=2400, n_test=300, epochs=3, lr=5e-3, n_per_format=10, n_curve=200),
-    "positions": PositionsBudget(steps=30, n_seeds=1, batch_size=8, n_windows=2),
+    "positions": PositionsBudget(steps=30, n_seeds=1, batch_size=8, lr=2e-2, context=64, scored=64, n_windows=2),
 }
 
 

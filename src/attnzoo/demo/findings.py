@@ -240,10 +240,11 @@ def positions_text(p: dict[str, Any]) -> list[str]:
     if "alibi_longest_vs_train" in cmp and "sinusoidal_longest_vs_train" in cmp:
         a, s = cmp["alibi_longest_vs_train"], cmp["sinusoidal_longest_vs_train"]
         alibi_up, sin_up = (c["significant"] and c["mean_points"] > 0 for c in (a, s))
-        holds = ("holds here" if sin_up and not alibi_up else
-                 "does not hold here: ALiBi's loss rises too" if alibi_up else
-                 "does not hold here: sinusoidal does not degrade" if s["significant"] else
-                 "is not conclusive here: sinusoidal's change is not conclusive")
+        holds = ("holds here: ALiBi's loss does not rise significantly, sinusoidal's does" if sin_up and not alibi_up
+                 else "does not hold here: ALiBi's loss rises too" if alibi_up else
+                 "does not hold here: sinusoidal's loss does not rise" if s["significant"] else
+                 "is not settled here: ALiBi's loss does not rise significantly, but sinusoidal's change is not "
+                 "conclusive over these seeds")
         out.append(f"The ALiBi paper's claim (its loss stays flat beyond the training length while sinusoidal "
                    f"positions degrade) {holds}: ALiBi {a['mean_points'] / 100:+.3f} bits/char, sinusoidal "
                    f"{s['mean_points'] / 100:+.3f} from context {ctx} to {longest}.")

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..data.shakespeare import load_tiny_shakespeare, shakespeare_vocab
 from .charlm import SCHEMES, CharLM, bits_per_char, unigram_bits, window_ends
 from .common import PositionsBudget, progress_bar, say, stopwatch, sync
+from .findings import POSITION_NAMES
 from .stats import mean_std, paired_difference
 
 #: One colour per scheme in the figure.
@@ -157,11 +158,14 @@ def run(budget: PositionsBudget, seed: int, device: torch.device, fig_dir: Any) 
         "histories": {s: [r["history"] for r in rs] for s, rs in runs.items()},
     }
     n = len(seeds)
+    label = {s: POSITION_NAMES[s] + (f" (n/a beyond {budget.context})" if m["bits_mean"][-1] is None else "")
+             for s, m in schemes.items()}
     viz.plot_lines_with_spread(
-        {s: (m["bits_mean"], m["bits_std"]) for s, m in schemes.items()}, contexts, fig_dir / "positions_context.png",
+        {label[s]: (m["bits_mean"], m["bits_std"]) for s, m in schemes.items()}, contexts,
+        fig_dir / "positions_context.png",
         xlabel="evaluation context (characters; the models were trained at "
                f"{budget.context})", ylabel="validation loss (bits per character)",
         title=f"Loss beyond the training length, mean ± sd over {n} seed{'s' if n > 1 else ''}",
-        colors={s: COLORS[s] for s in schemes}, vline=budget.context, log2_x=True)
+        colors={label[s]: COLORS[s] for s in schemes}, vline=budget.context, log2_x=True)
     result["figures"] = {"context": "positions_context.png"}
     return result
