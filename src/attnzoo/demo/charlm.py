@@ -133,7 +133,7 @@ def bits_per_char(model: CharLM, ids: Tensor, ends: Tensor, context: int, scored
         return None
     was = model.training
     model.eval()
-    offsets = torch.arange(-context, 0)  # (context,)
+    offsets = torch.arange(-context, 0, device=ends.device)  # (context,)
     per = max(1, max_tokens // context)
     total = 0.0
     for i in range(0, len(ends), per):

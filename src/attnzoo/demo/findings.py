@@ -237,6 +237,10 @@ def positions_text(p: dict[str, Any]) -> list[str]:
                f"with {longest - t['scored']} or more characters before it): " + "; ".join(beyond) + "."
                + (f" {', '.join(na).capitalize()}: not applicable beyond {ctx} (no position rows there)."
                   if na else ""))
+    against = [f"{POSITION_NAMES[s]} " + _bits_change(cmp[f"alibi_vs_{s}_longest"], "worse", "better", "not conclusive")
+               for s in names if f"alibi_vs_{s}_longest" in cmp]
+    if against:
+        out.append(f"At context {longest}, ALiBi against " + "; against ".join(against) + ".")
     if "alibi_longest_vs_train" in cmp and "sinusoidal_longest_vs_train" in cmp:
         a, s = cmp["alibi_longest_vs_train"], cmp["sinusoidal_longest_vs_train"]
         alibi_up, sin_up = (c["significant"] and c["mean_points"] > 0 for c in (a, s))
