@@ -244,7 +244,7 @@ def test_summary_page_and_readme_cover_the_part_when_it_ran(quick):
     assert "learned " in text and " n/a" in text and "Positions: Character-level Tiny Shakespeare" in text
     md = report.readme_results(results)
     c = r["task"]["context"]
-    assert f"| Tiny Shakespeare, trained at context {c} | bits/char at {c} (1 seed) |" in md
+    assert f"| Tiny Shakespeare, trained at context {c} (1 seed) | bits/char at {c} | bits/char at {2 * c} |" in md
     assert "| learned absolute | " in md and "| n/a | n/a | n/a |" in md
     assert "**Positions.**" in md
     html = report.html_page(results)
@@ -272,9 +272,10 @@ def test_findings_word_the_alibi_claim_from_the_numbers(quick):
         text = positions_text(r)
         assert f"The ALiBi paper's claim (its loss stays flat beyond the training length while sinusoidal " \
                f"positions degrade) {words}" in text[-1], text[-1]
+        assert text[-3].startswith("Beyond the training length") and text[-2].startswith("At context 512, ALiBi")
         if sinusoidal is rises:
             assert ": sinusoidal worse: +0.500 ± 0.000 bits/char (paired over 3 seeds; 95% interval +0.500 to " \
-                   "+0.500 bits; the margin for other machines is ±0.000)" in text[-2], text[-2]
+                   "+0.500 bits; the margin for other machines is ±0.000)" in text[-3], text[-3]
 
 
 def test_lines_plot_draws_gaps_and_rejects_bad_input(tmp_path):

@@ -261,8 +261,8 @@ sin/cos table, added), <em>RoPE</em> (<code>attnzoo.RotaryEmbedding</code> rotat
 {t['batch_size']} windows of {ctx} characters), {n} seed{'s' if n > 1 else ''}.</p>
 <p>Evaluation: {t['n_windows']} windows at fixed places of the validation text; in each only the last
 {t['scored']} predictions count, so every context scores the same {t['scored_chars']:,} characters, at context C each
-with C − {t['scored']} to C − 1 characters before it. Beyond {ctx} the models see positions they were never
-trained at; learned absolute positions have no rows there (n/a). Bits per character, mean ± sd over seeds; a model
+with C − {t['scored']} to C − 1 characters before it. Beyond {ctx} the models meet positions and distances never seen in
+training; learned absolute positions have no rows there (n/a). Bits per character, mean ± sd over seeds; a model
 that ignores all context (unigram frequencies) gets {t['unigram_bits']:.2f}.</p>
 {_table(['positions', *(f'bits/char at {c}' for c in t['eval_contexts']), 'train bits/char (last tenth)',
          'parameters', 'train seconds'], rows)}

@@ -87,8 +87,8 @@ def positions_lines(p: dict[str, Any]) -> list[str]:
 
 def positions_md(p: dict[str, Any]) -> str:
     t = p["task"]
-    return md_table(["Tiny Shakespeare, trained at context " + str(t["context"]),
-                     *(f"bits/char at {c} ({_seeds(len(p['seeds']))})" for c in t["eval_contexts"]), "parameters"],
+    return md_table([f"Tiny Shakespeare, trained at context {t['context']} ({_seeds(len(p['seeds']))})",
+                     *(f"bits/char at {c}" for c in t["eval_contexts"]), "parameters"],
                     [[POSITION_NAMES[k], *(bits(a, b) for a, b in zip(m["bits_mean"], m["bits_std"])),
                       f"{m['params']:,}"]
                      for k, m in ((k, p["schemes"][k]) for k in POSITION_NAMES if k in p["schemes"])])
