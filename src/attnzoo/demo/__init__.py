@@ -10,6 +10,9 @@ and write a report. The parts are registered in ``parts.py`` (in run order):
   three heads (last state, masked mean, ``TemporalAttention``); where the attention looks.
 * Dates (``dates.py``): an encoder-decoder Transformer that normalises human-written
   dates; exact match, character accuracy, and its cross- and self-attention maps.
+* Positions (``positions.py``, model in ``charlm.py``): a character-level Transformer on
+  Tiny Shakespeare with learned, sinusoidal, RoPE, ALiBi and no positions; bits per
+  character at 1 to 8 times the training context.
 * Report (``report.py``): ``DIR/index.html`` (self-contained, figures as PNG files beside
   it) and ``DIR/results.json``, written last. With ``--only``, the other parts' keys are
   absent from ``results.json`` and their sections from the page.
@@ -74,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "A symlink is followed")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of every part: small budgets, well under a minute of CPU instead of about "
-                             "five; the same files and keys, numbers that only show every model learns; for tests "
+                             "seven; the same files and keys, numbers that only show every model learns; for tests "
                              f"and a first look (written to {QUICK_OUT}/ unless --out is given)")
     parser.add_argument("--seed", metavar="N", type=_seed, default=0,
                         help="base random seed, an integer >= 0 (default: 0); repeated trainings use seeds "

@@ -80,11 +80,37 @@ class SpeechBudget:
     n_plot_per_speaker: int = 3
 
 
+@dataclass(frozen=True)
+class PositionsBudget:
+    """Character-level language modelling on Tiny Shakespeare, one model per position scheme
+    (the same model, data order and steps for every scheme). Evaluation at the training
+    context times each of ``eval_multiples``, on ``n_windows`` windows whose last ``scored``
+    predictions count."""
+
+    steps: int
+    n_seeds: int = 3
+    batch_size: int = 16
+    lr: float = 1e-2
+    context: int = 128
+    d_model: int = 64
+    nhead: int = 4
+    layers: int = 2
+    eval_multiples: tuple[int, ...] = (1, 2, 4, 8)
+    n_windows: int = 16
+    scored: int = 128
+    schemes: tuple[str, ...] = ("learned", "sinusoidal", "rope", "alibi", "nope")
+
+    @property
+    def eval_contexts(self) -> tuple[int, ...]:
+        return tuple(self.context * m for m in self.eval_multiples)
+
+
 FULL = {
     "vision": VisionBudget(n_train=2500, n_test=1000, epochs=8),
     "resnet": ResNetBudget(n_train=2000, n_test=1000, epochs=4, batch_size=32, lr=4e-3),
     "speech": SpeechBudget(epochs=30),
     "dates": DatesBudget(n_train=6400, n_test=1000, epochs=6),
+    "positions": PositionsBudget(steps=140),
 }
 #: A smoke run: every model clearly above chance in well under a minute of CPU (fewer
 #: samples and seeds, one seed for the CNNs, batches of 64, higher learning rates); its
@@ -94,6 +120,7 @@ QUICK = {
     "resnet": ResNetBudget(n_train=1280, n_test=300, epochs=4, lr=8e-3, batch_size=64, n_seeds=1),
     "speech": SpeechBudget(epochs=6, hidden=32, lr=1e-2, n_plot_per_speaker=2),
     "dates": DatesBudget(n_train=2400, n_test=300, epochs=3, lr=5e-3, n_per_format=10, n_curve=100),
+    "positions": PositionsBudget(steps=30, n_seeds=1, batch_size=8, lr=2e-2, context=64, scored=64, n_windows=2),
 }
 
 

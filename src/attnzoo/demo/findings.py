@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stats import evidence
+from .stats import MIN_SEEDS, evidence
 
 NAMES = {"baseline": "baseline (no attention)", "se": "SE after each stage", "cbam": "CBAM after each stage"}
 SHORT = {"se": "SE", "cbam": "CBAM", "se_blocks": "SE per block", "se_convs": "SE after every conv",
@@ -179,3 +179,81 @@ def dates_findings(d: dict[str, Any]) -> list[tuple[str, str]]:
                       f"right (character accuracy {d['char_accuracy']:.1%})."),
             ("Cross-attention", f"{what}: in the best decoder layer, {best:.0%} of output digits look "
                                 "hardest at an input character of the right field (year, month or day).")]
+
+
+#: The position schemes' names in the findings, the page and the tables.
+POSITION_NAMES = {"learned": "learned absolute", "sinusoidal": "sinusoidal", "rope": "RoPE", "alibi": "ALiBi",
+                  "nope": "none (NoPE)"}
+
+
+def bits(mean: float | None, std: float | None) -> str:
+    """How bits per character appear everywhere: ``2.512 ± 0.010``, ``n/a`` where not applicable."""
+    return "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def bits_evidence(cmp: dict[str, Any]) -> str:
+    """`stats.evidence` for a comparison of losses in bits per character (``paired_difference``
+    of values in bits: its points are 0.01 bits)."""
+    n, (lo, hi) = cmp["n"], cmp["ci95_points"]
+    text = f"paired over {n} seeds; 95% interval {lo / 100:+.3f} to {hi / 100:+.3f} bits"
+    text += f"; fewer than {MIN_SEEDS} seeds" if n < MIN_SEEDS else \
+        f"; the margin for other machines is ±{cmp['margin_points'] / 100:.3f}"
+    if cmp["significant"]:
+        return text
+    needed = cmp.get("seeds_needed")
+    if needed is None:
+        return text + "; no practical number of seeds would settle a difference this small"
+    return text + f"; about {needed} seeds would settle it if the mean and sd stay as they are"
+
+
+def _bits_change(cmp: dict[str, Any], worse: str, better: str, same: str) -> str:
+    """``worse`` / ``better`` (loss up / down, significant by the rule of ``stats.py``) or
+    ``same`` (not conclusive), with the paired difference in bits and its evidence."""
+    m, s = cmp["mean_points"] / 100, cmp["std_points"] / 100
+    if cmp["n"] < 2:
+        return f"{m:+.3f} bits/char from a single seed, too few to tell"
+    word = (worse if m > 0 else better) if cmp["significant"] else same
+    return f"{word}: {m:+.3f} ± {s:.3f} bits/char ({bits_evidence(cmp)})"
+
+
+def positions_text(p: dict[str, Any]) -> list[str]:
+    """The positions findings: loss at the training length per scheme (and against no
+    positions), what happens beyond it, and the ALiBi paper's claim."""
+    t, sch, cmp = p["task"], p["schemes"], p["comparisons"]
+    ctx, longest = t["context"], t["eval_contexts"][-1]
+    names = [s for s in POSITION_NAMES if s in sch]
+    out = [f"Character-level Tiny Shakespeare, the same {t['layers']}-layer Transformer trained at context {ctx} for "
+           f"{t['steps']} steps, validation bits/char at context {ctx} over {len(p['seeds'])} seeds: "
+           + ", ".join(f"{POSITION_NAMES[s]} {bits(sch[s]['bits_mean'][0], sch[s]['bits_std'][0])}" for s in names)
+           + f" (lower is better; ignoring all context, the unigram model gets {t['unigram_bits']:.2f})."]
+    out += [f"At context {ctx}, {POSITION_NAMES[s]} against no positions: "
+            + _bits_change(cmp[f"{s}_vs_nope"], "worse", "better", "not conclusive") + "."
+            for s in names if f"{s}_vs_nope" in cmp]
+    beyond = [f"{POSITION_NAMES[s]} " + _bits_change(cmp[f"{s}_longest_vs_train"], "worse", "better",
+                                                      "no conclusive change")
+              for s in names if f"{s}_longest_vs_train" in cmp]
+    na = [POSITION_NAMES[s] for s in names if sch[s]["bits_mean"][-1] is None]
+    out.append(f"Beyond the training length, at context {longest} against {ctx} (the same characters scored, each "
+               f"with {longest - t['scored']} or more characters before it): " + "; ".join(beyond) + "."
+               + (f" {', '.join(na).capitalize()}: not applicable beyond {ctx} (no position rows there)."
+                  if na else ""))
+    against = [f"{POSITION_NAMES[s]} " + _bits_change(cmp[f"alibi_vs_{s}_longest"], "worse", "better", "not conclusive")
+               for s in names if f"alibi_vs_{s}_longest" in cmp]
+    if against:
+        out.append(f"At context {longest}, ALiBi against " + "; against ".join(against) + ".")
+    if "alibi_longest_vs_train" in cmp and "sinusoidal_longest_vs_train" in cmp:
+        a, s = cmp["alibi_longest_vs_train"], cmp["sinusoidal_longest_vs_train"]
+        alibi_up, sin_up = (c["significant"] and c["mean_points"] > 0 for c in (a, s))
+        holds = ("holds here: ALiBi's loss does not rise significantly, sinusoidal's does" if sin_up and not alibi_up
+                 else "does not hold here: ALiBi's loss rises too" if alibi_up else
+                 "does not hold here: sinusoidal's loss does not rise" if s["significant"] else
+                 "is not settled here: ALiBi's loss does not rise significantly, but sinusoidal's change is not "
+                 "conclusive over these seeds")
+        out.append(f"The ALiBi paper's claim (its loss stays flat beyond the training length while sinusoidal "
+                   f"positions degrade) {holds}: ALiBi {a['mean_points'] / 100:+.3f} bits/char, sinusoidal "
+                   f"{s['mean_points'] / 100:+.3f} from context {ctx} to {longest}.")
+    return out
+
+
+def positions_findings(p: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("Positions", t) for t in positions_text(p)]

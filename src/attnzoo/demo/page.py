@@ -7,7 +7,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .findings import NAMES, RESNET_NAMES, SPEECH_NAMES, acc, fit_text, se_text
+from .findings import NAMES, POSITION_NAMES, RESNET_NAMES, SPEECH_NAMES, acc, bits, fit_text, se_text
 from .stats import REPRODUCIBLE, RULE
 
 
@@ -242,3 +242,31 @@ device {escape(env['device'])} · torch {escape(env['torch'])} · {results['seco
 <code>results.json</code>.</p>
 </body></html>
 """
+
+
+def positions_section(p: dict[str, Any]) -> str:
+    t, sch, f = p["task"], p["schemes"], p["figures"]
+    n, ctx = len(p["seeds"]), t["context"]
+    rows = [[POSITION_NAMES[s], *(bits(a, b) for a, b in zip(m["bits_mean"], m["bits_std"])),
+             f"{m['train_bits_mean']:.3f}", f"{m['params']:,}", f"{m['seconds']:.1f}"]
+            for s, m in ((s, sch[s]) for s in POSITION_NAMES if s in sch)]
+    return f"""
+<h2>Positions: what a position scheme buys, and beyond the training length</h2>
+<p>Attention alone cannot tell order; a causal mask tells a little (a query sees only what came before it). Here
+the same small decoder-only Transformer ({t['layers']} layers, d_model {t['d_model']}, {t['nhead']} heads, causal
+<code>attnzoo.functional.scaled_dot_product_attention</code>) learns to predict the next character of <em>Tiny
+Shakespeare</em> ({t['n_train_chars']:,} training characters, {t['vocab']} distinct) with five position schemes:
+<em>learned absolute</em> (a trained table of {ctx} rows added to the embeddings), <em>sinusoidal</em> (the fixed
+sin/cos table, added), <em>RoPE</em> (<code>attnzoo.RotaryEmbedding</code> rotates queries and keys),
+<em>ALiBi</em> (<code>attnzoo.alibi_bias</code>, a penalty growing with distance, added to the scores) and
+<em>none</em> (NoPE). Same initial weights of the shared layers, same batches ({t['steps']} steps of
+{t['batch_size']} windows of {ctx} characters), {n} seed{'s' if n > 1 else ''}.</p>
+<p>Evaluation: {t['n_windows']} windows at fixed places of the validation text; in each only the last
+{t['scored']} predictions count, so every context scores the same {t['scored_chars']:,} characters, at context C each
+with C − {t['scored']} to C − 1 characters before it. Beyond {ctx} the models meet positions and distances never seen in
+training; learned absolute positions have no rows there (n/a). Bits per character, mean ± sd over seeds; a model
+that ignores all context (unigram frequencies) gets {t['unigram_bits']:.2f}.</p>
+{_table(['positions', *(f'bits/char at {c}' for c in t['eval_contexts']), 'train bits/char (last tenth)',
+         'parameters', 'train seconds'], rows)}
+{_fig(f['context'], f'Validation loss against evaluation context, mean ± sd over {n} seeds; dashed: the training '
+                    'context')}"""

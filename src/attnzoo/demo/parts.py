@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import dates, findings, page, resnet, speech, tables, vision
+from . import dates, findings, page, positions, resnet, speech, tables, vision
 
 __all__ = ["Part", "PARTS"]
 
@@ -47,4 +47,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
          findings.speech_findings, page.speech_section, tables.speech_lines, tables.speech_md),
     Part("dates", dates, "a cross-attention Transformer that normalises written dates",
          findings.dates_findings, page.dates_section, tables.dates_lines, tables.dates_md),
+    Part("positions", positions, "what position schemes (learned, sinusoidal, RoPE, ALiBi, none) buy in a "
+         "character-level Transformer, and beyond its training length",
+         findings.positions_findings, page.positions_section, tables.positions_lines, tables.positions_md),
 )}

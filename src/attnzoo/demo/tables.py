@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .findings import NAMES, RESNET_NAMES, SPEECH_NAMES, acc
+from .findings import NAMES, POSITION_NAMES, RESNET_NAMES, SPEECH_NAMES, acc, bits
 
 
 def _text_table(title: str, keys: dict[str, str], models: dict[str, Any], extra: str = "") -> list[str]:
@@ -73,3 +73,22 @@ def dates_md(d: dict[str, Any]) -> str:
     return md_table(["dates Transformer", "exact match", "character accuracy", "held-out dates", "parameters"],
                     [["encoder-decoder", f"{d['exact_match']:.3f}", f"{d['char_accuracy']:.3f}", d["n_test"],
                       f"{d['params']:,}"]])
+
+
+def positions_lines(p: dict[str, Any]) -> list[str]:
+    """One row per position scheme: bits per character at each evaluation context."""
+    contexts = p["task"]["eval_contexts"]
+    lines = [f"{'positions':<12}" + "".join(f"{f'bits/char @{c}':>17}" for c in contexts) + f"{'train s':>9}"]
+    for k, m in ((k, p["schemes"][k]) for k in POSITION_NAMES if k in p["schemes"]):
+        lines.append(f"{k:<12}" + "".join(f"{bits(a, b):>17}" for a, b in zip(m["bits_mean"], m["bits_std"]))
+                     + f"{m['seconds']:>9.1f}")
+    return lines
+
+
+def positions_md(p: dict[str, Any]) -> str:
+    t = p["task"]
+    return md_table([f"Tiny Shakespeare, trained at context {t['context']} ({_seeds(len(p['seeds']))})",
+                     *(f"bits/char at {c}" for c in t["eval_contexts"]), "parameters"],
+                    [[POSITION_NAMES[k], *(bits(a, b) for a, b in zip(m["bits_mean"], m["bits_std"])),
+                      f"{m['params']:,}"]
+                     for k, m in ((k, p["schemes"][k]) for k in POSITION_NAMES if k in p["schemes"])])

@@ -10,6 +10,7 @@ matplotlib is imported lazily: ``import attnzoo`` works without it.
 * `gates`: ``plot_channel_profile``, ``plot_spatial_overlay``.
 * `results`: ``plot_training_curves``, ``plot_accuracy_bars``, ``plot_train_test_bars``,
   ``model_color``.
+* `lines`: ``plot_lines_with_spread`` (a quantity against a setting, mean ± sd over seeds).
 * `diagram`: ``mechanism_diagram`` (a module's data flow with tensor shapes, from its torch.fx
   trace; SVG or PNG), ``dataflow_figure``; `dataflow`: ``mechanism_graph``, ``DataflowGraph``
   (the graph drawn, without matplotlib); `diagrams`: the committed diagrams of docs/figures/diagrams,
@@ -22,8 +23,9 @@ from .attention import plot_attention, plot_sequence_weights
 from .dataflow import DataflowGraph, mechanism_graph
 from .diagram import dataflow_figure, mechanism_diagram
 from .gates import plot_channel_profile, plot_spatial_overlay
+from .lines import plot_lines_with_spread
 from .results import model_color, plot_accuracy_bars, plot_train_test_bars, plot_training_curves
 
 __all__ = ["plot_attention", "plot_channel_profile", "plot_spatial_overlay", "plot_training_curves",
            "plot_accuracy_bars", "plot_train_test_bars", "plot_sequence_weights", "model_color",
-           "mechanism_diagram", "dataflow_figure", "mechanism_graph", "DataflowGraph"]
+           "mechanism_diagram", "dataflow_figure", "mechanism_graph", "DataflowGraph", "plot_lines_with_spread"]
