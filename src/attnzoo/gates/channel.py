@@ -168,7 +168,7 @@ class SqueezeExcite(_ChannelGate):
     Input (B, C, H, W) -> output (B, C, H, W), equal to ``x * gate(x)``; with ``dims=1``
     or ``dims=3``, (B, C, L) or (B, C, D, H, W); unbatched (C, ...) too.
 
-    The gate, shape (B, C, 1, 1), values in (0, 1)::
+    The gate, shape (B, C, 1, 1), values in (0, 1):
 
         z = mean of x over H, W                      # squeeze, (B, C)
         gate = sigmoid(fc2(relu(fc1(z))))            # excitation
@@ -199,7 +199,7 @@ class ChannelAttention(_ChannelGate):
     Input (B, C, H, W) -> output (B, C, H, W), equal to ``x * gate(x)``; with ``dims=1``
     or ``dims=3``, (B, C, L) or (B, C, D, H, W); unbatched (C, ...) too.
 
-    The gate, shape (B, C, 1, 1), values in (0, 1) (CBAM eq. 2)::
+    The gate, shape (B, C, 1, 1), values in (0, 1) (CBAM eq. 2):
 
         gate = sigmoid(mlp(avgpool(x)) + mlp(maxpool(x)))
         mlp(z) = fc2(relu(fc1(z)))

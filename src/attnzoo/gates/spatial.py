@@ -2,7 +2,7 @@
 
 ``SpatialAttention`` takes (B, C, H, W) and returns ``x * gate(x)``, the same shape.
 Its gate has shape (B, 1, H, W): one weight in (0, 1) per pixel, shared by all
-channels (CBAM eq. 3)::
+channels (CBAM eq. 3):
 
     s = cat([mean over C of x, max over C of x], dim=1)     # (B, 2, H, W)
     gate = sigmoid(conv_kxk(s))                              # padding k // 2
@@ -81,7 +81,7 @@ class SpatialAttention(nn.Module):
     Input (B, C, H, W), any C -> output (B, C, H, W), equal to ``x * gate(x)``; with
     ``dims=1`` or ``dims=3``, (B, C, L) or (B, C, D, H, W); unbatched (C, ...) too.
 
-    The gate, shape (B, 1, H, W), values in (0, 1)::
+    The gate, shape (B, 1, H, W), values in (0, 1):
 
         gate = sigmoid(conv(cat([x.mean(1), x.max(1)], dim=1)))
 
@@ -158,7 +158,7 @@ class CBAM(nn.Module):
     """Convolutional Block Attention Module: channel attention, then spatial attention.
 
     Input (B, C, H, W) -> output (B, C, H, W) (with ``dims=1``/``dims=3``, (B, C, L) or
-    (B, C, D, H, W); unbatched (C, ...) too)::
+    (B, C, D, H, W); unbatched (C, ...) too):
 
         y = channel(x)        # x * Mc(x),  Mc: (B, C, 1, 1)
         out = spatial(y)      # y * Ms(y),  Ms: (B, 1, H, W)
