@@ -6,7 +6,7 @@
 """
 
 from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
-from . import functional
+from . import functional, masks
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional",
+    "masks",
     "MultiHeadAttention",
     "SelfAttention",
     "CrossAttention",

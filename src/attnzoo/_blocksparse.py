@@ -1,0 +1,272 @@
+"""Attention under a structured mask, one block of query rows at a time, visiting only
+the key blocks the mask does not hide: time and memory O(visible scores), never O(L·S).
+
+Shapes: query (B, H, L, E), key (B, Hk, S, E), value (B, Hk, S, Ev) -> out (B, H, L, Ev)
+(Hk divides H with `enable_gqa`; (H, L, E) and (L, E) inputs count as B = 1, H = 1);
+weights (B, H, R, S) for R chosen query rows. Mask polarity: True = may attend (the
+structured mask and a bool `attn_mask` alike; a float `attn_mask` is added).
+
+For each block of `block_q` query rows the mask's block map (`attnzoo.masks`) names the
+key blocks that are not `EMPTY`; their keys (a slice when they are contiguous, gathered
+otherwise) go to torch's fused kernel in one call, with a small bool tile built only when
+some block is `PARTIAL` (or a float tile when a score bias or float mask is given). The
+autograd graph is the per-block kernels', so the backward also stays O(visible). Rows that
+may attend to nothing give 0 output, 0 weights and finite (zero) gradients.
+
+`score_bias(q_idx, kv_idx)` gets long tensors `q_idx (lq, 1)` and `kv_idx (1, lk)` of
+absolute positions and returns a float `(H or 1, lq, lk)` (or `(lq, lk)`) tile added to
+the scores of that block: ALiBi's `-slope * (i - j)` or a T5 relative bias without any
+(H, L, S) tensor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import functional as _functional
+from ._fused_autograd import math_attention, needs_math
+from ._masked import _fused, _zero_hidden_keys
+from ._weights import RowIndex, _row_index
+from .masks import EMPTY, PARTIAL, StructuredMask, _All, _as_mask, causal
+
+__all__ = ["block_attention"]
+
+ScoreBias = Callable[[Tensor, Tensor], Tensor]
+
+# Query rows per block, and key positions per block of the block map. A query block sees
+# its visible key blocks in one kernel call, so the span it scores is the visible keys
+# rounded out to whole key blocks: smaller key blocks waste less, larger query blocks
+# make fewer calls.
+_BLOCK_Q = 128
+_BLOCK_KV = 64
+
+
+def block_attention(
+    query: Tensor, key: Tensor, value: Tensor, mask: StructuredMask | None = None, *,
+    scale: float | None = None, score_bias: ScoreBias | None = None, attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0, is_causal: bool = False, enable_gqa: bool = False, need_weights: bool = False,
+    weights_for: RowIndex = None, average_heads: bool = False, block_q: int = _BLOCK_Q, block_kv: int = _BLOCK_KV,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ · scale + bias + mask) V over the blocks `mask` does not hide.
+
+    `mask` (from `attnzoo.masks`; None = every key) combines with `attn_mask`, `is_causal`
+    and `enable_gqa` as in `attnzoo.functional.scaled_dot_product_attention`, which calls
+    this for `mask=`/`score_bias=`. Returns `out` or, with `need_weights`, `(out, weights)`
+    (exact, dense `(B, H, R, S)`, or head-averaged `(B, R, S)`).
+    """
+    batch = _functional._validate(query, key, value, attn_mask, dropout_p, enable_gqa)
+    if not enable_gqa and not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
+        query = query.expand(*batch, *query.shape[-2:])  # (*, L, E)
+        key = key.expand(*batch, *key.shape[-2:])  # (*, S, E)
+        value = value.expand(*batch, *value.shape[-2:])  # (*, S, Ev)
+    check_structured(query, mask, score_bias, block_q, block_kv)
+    return structured_sdpa(query, key, value, mask, score_bias, attn_mask, dropout_p, is_causal, scale,
+                           need_weights, weights_for, average_heads, block_q, block_kv)
+
+
+def check_structured(query: Tensor, mask: object, score_bias: object, block_q: int = _BLOCK_Q,
+                     block_kv: int = _BLOCK_KV) -> None:
+    """The checks of the `mask=`/`score_bias=` arguments (TypeError/ValueError naming them)."""
+    if mask is not None:
+        _as_mask("mask", mask)
+    if score_bias is not None and not callable(score_bias):
+        raise TypeError(f"score_bias must be callable as score_bias(q_idx, kv_idx), got {type(score_bias).__name__}")
+    if query.dim() > 4:
+        raise ValueError(f"with mask= or score_bias=, query must be (B, H, L, E), (H, L, E) or (L, E), "
+                         f"got {tuple(query.shape)}")
+    for name, n in (("block_q", block_q), ("block_kv", block_kv)):
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"{name} must be a positive int, got {n!r}")
+
+
+def structured_sdpa(
+    query: Tensor, key: Tensor, value: Tensor, mask: StructuredMask | None, score_bias: ScoreBias | None,
+    attn_mask: Tensor | None, dropout_p: float, is_causal: bool, scale: float | None, need_weights: bool,
+    weights_for: RowIndex, average_heads: bool = False, block_q: int = _BLOCK_Q, block_kv: int = _BLOCK_KV,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Unchecked core of `block_attention` (inputs validated and batch dims broadcast)."""
+    lead = query.shape[:-2]  # the caller's batch dims, restored at the end
+    q = query.reshape(*(1,) * (4 - query.dim()), *query.shape)  # (B, H, L, E)
+    k = key.reshape(*(1,) * (4 - key.dim()), *key.shape)  # (B, Hk, S, E)
+    v = value.reshape(*(1,) * (4 - value.dim()), *value.shape)  # (B, Hk, S, Ev)
+    if attn_mask is not None:
+        attn_mask = attn_mask.reshape(*(1,) * (4 - attn_mask.dim()), *attn_mask.shape)  # (B|1, H|1, L|1, S|1)
+    if k.size(1) != q.size(1):  # enable_gqa: every group of query heads shares one key/value head
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)  # (B, H, S, E)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)  # (B, H, S, Ev)
+    if attn_mask is not None:  # keys no query may see: 0, so NaN/Inf stored there stays out
+        k, v = _zero_hidden_keys(k, v, attn_mask)
+    mask = _All() if mask is None else mask
+    mask = mask & causal() if is_causal else mask
+    run = _Blocks(q, k, v, mask, score_bias, attn_mask, scale, block_q, block_kv)
+
+    if need_weights and dropout_p > 0.0:  # dropout acts on the returned weights, as in torch
+        out, weights = run.weights(None, dropout_p, average_heads, with_output=True)
+        if weights_for is not None:
+            weights = weights[..., _row_index(weights_for, run.L, q.device), :]
+    else:
+        out = run.output(dropout_p)
+        weights = run.weights(weights_for, 0.0, average_heads, with_output=False)[1] if need_weights else None
+    out = out.reshape(*lead, *out.shape[-2:])  # (*, L, Ev)
+    if weights is None:
+        return out
+    w_lead = lead[:-1] if average_heads else lead
+    return out, weights.reshape(*w_lead, *weights.shape[-2:])  # (*, R, S)
+
+
+class _Blocks:
+    """One call: the inputs, the block map, and the tiles and blocks of the two passes."""
+
+    def __init__(self, q: Tensor, k: Tensor, v: Tensor, mask: StructuredMask, bias: ScoreBias | None,
+                 attn_mask: Tensor | None, scale: float | None, block_q: int, block_kv: int) -> None:
+        self.q, self.k, self.v, self.mask, self.bias, self.attn_mask = q, k, v, mask, bias, attn_mask
+        self.B, self.H, self.L, E = q.shape
+        self.S = k.size(-2)
+        self.scale = 1.0 / math.sqrt(E) if scale is None else scale
+        self.bq, self.bk = block_q, block_kv
+        mask._check(self.L, self.S, self.B)
+        bmap = mask.block_map(self.L, self.S, block_q, block_kv, self.B, self.H)  # (nq, nk) int8
+        self.visible: list[list[int]] = [[] for _ in range(bmap.size(0))]
+        self.partial = [False] * bmap.size(0)
+        if bmap.numel():
+            self.partial = (bmap == PARTIAL).any(dim=1).tolist()
+            for i, j in (bmap > EMPTY).nonzero().tolist():
+                self.visible[i].append(j)
+        self.math = needs_math(q, k, v, attn_mask)  # torch.func, forward AD: plain ops per block
+
+    # ------------------------------------------------------------------ one block's keys
+    def keys(self, i: int) -> tuple[slice | Tensor, Tensor] | None:
+        """Key columns of query block i: (a slice or an index tensor, their positions), or None."""
+        blocks = self.visible[i] if i < len(self.visible) else []
+        if not blocks:
+            return None
+        s0, s1 = blocks[0] * self.bk, min(self.S, (blocks[-1] + 1) * self.bk)
+        dev = self.q.device
+        if blocks[-1] - blocks[0] + 1 == len(blocks):  # contiguous: a view, no copy
+            return slice(s0, s1), torch.arange(s0, s1, device=dev)
+        pos = torch.cat([torch.arange(j * self.bk, min(self.S, (j + 1) * self.bk), device=dev) for j in blocks])
+        return pos, pos
+
+    def tile(self, i: int, qpos: Tensor, rows: slice | Tensor, kpos: Tensor, cols: slice | Tensor) -> Tensor | None:
+        """The mask of query rows `qpos` × keys `kpos`: None (all visible), bool or float
+        (B|1, H|1, lq, lk)."""
+        lq, lk = qpos.numel(), kpos.numel()
+        allowed = None
+        if self.partial[i]:
+            b = torch.arange(self.B, device=qpos.device).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+            h = torch.arange(self.H, device=qpos.device).view(1, -1, 1, 1)  # (1, H, 1, 1)
+            allowed = self.mask(b, h, qpos.view(1, 1, lq, 1), kpos.view(1, 1, 1, lk))
+            _check_broadcast("the mask", allowed, (self.B, self.H, lq, lk))
+            allowed = allowed.reshape(*(1,) * (4 - allowed.dim()), *allowed.shape)  # (B|1, H|1, lq|1, lk|1)
+        extra = None  # float terms added to the scores
+        if self.attn_mask is not None:
+            am = self.attn_mask
+            am = am if am.size(-2) == 1 else _take(am, -2, rows)
+            am = am if am.size(-1) == 1 else _take(am, -1, cols)  # (B|1, H|1, lq|1, lk|1)
+            if am.dtype == torch.bool:
+                allowed = am if allowed is None else allowed & am
+            else:
+                extra = am
+        if self.bias is not None:
+            t = self.bias(qpos.view(lq, 1), kpos.view(1, lk))
+            if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() not in (2, 3) \
+                    or t.shape[-2:] != (lq, lk) or (t.dim() == 3 and t.size(0) not in (1, self.H)):
+                got = f"shape {tuple(t.shape)} dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"score_bias(q_idx, kv_idx) must return a float (H or 1, lq, lk) = "
+                                 f"({self.H} or 1, {lq}, {lk}) tensor, got {got}")
+            t = t.to(self.q.dtype).reshape(1, -1, lq, lk)  # (1, H|1, lq, lk)
+            extra = t if extra is None else extra + t
+        if extra is None:
+            return allowed
+        return extra if allowed is None else extra.masked_fill(~allowed, -math.inf)
+
+    # ------------------------------------------------------------------ the output pass
+    def output(self, p: float) -> Tensor:
+        """Attention output (B, H, L, Ev), one query block (one kernel call) at a time."""
+        if self.L == 0 or self.S == 0:  # nothing to score: 0, through plain ops (gradients stay defined)
+            return math_attention(self.q, self.k, self.v, None, 0.0, False, self.scale)[0]
+        outs = []
+        for i, r0 in enumerate(range(0, self.L, self.bq)):
+            r1 = min(self.L, r0 + self.bq)
+            qb = self.q[:, :, r0:r1]  # (B, H, lq, E)
+            found = self.keys(i)
+            if found is None:  # nothing visible: 0
+                outs.append(self.q.new_zeros(self.B, self.H, r1 - r0, self.v.size(-1), dtype=self.v.dtype))
+                continue
+            cols, kpos = found
+            kb, vb = _take(self.k, -2, cols), _take(self.v, -2, cols)  # (B, H, lk, E), (B, H, lk, Ev)
+            tile = self.tile(i, torch.arange(r0, r1, device=qb.device), slice(r0, r1), kpos, cols)
+            if self.math:
+                outs.append(math_attention(qb, kb, vb, tile, p, False, self.scale)[0])
+            else:
+                outs.append(_fused(qb, kb, vb, tile, p, False, self.scale))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)  # (B, H, L, Ev)
+
+    # ------------------------------------------------------------------ the weights pass
+    def weights(self, rows: RowIndex, p: float, average: bool, with_output: bool) -> tuple[Tensor | None, Tensor]:
+        """Exact weights (B, H, R, S) (or (B, R, S) averaged) of the chosen rows, and with
+        `with_output` (all rows) the output `dropout(weights) @ value` (B, H, L, Ev)."""
+        dev = self.q.device
+        index = None if rows is None else _row_index(rows, self.L, dev)
+        pos = torch.arange(self.L, device=dev) if index is None else index
+        order = None if index is None else torch.sort(pos // self.bq, stable=True).indices
+        sorted_pos = pos if order is None else pos[order]
+        ws, outs, start = [], [], 0
+        for i, group in itertools.groupby((sorted_pos // self.bq).tolist()):
+            n = len(list(group))
+            qpos, start = sorted_pos[start:start + n], start + n  # the chosen rows in query block i
+            sel = slice(int(qpos[0]), int(qpos[-1]) + 1) if index is None else qpos
+            w, o = self._weights_block(i, qpos, sel, p, with_output)
+            ws.append(w.mean(dim=-3) if average else w)
+            outs.append(o)
+        if not ws:
+            shape = (self.B, 0, self.S) if average else (self.B, self.H, 0, self.S)
+            return (self.v.new_zeros(self.B, self.H, 0, self.v.size(-1)) if with_output else None), self.q.new_zeros(shape)
+        w = torch.cat(ws, dim=-2)  # (B, [H,] R, S) in block order
+        if order is not None:
+            w = w.index_select(-2, torch.argsort(order))  # back in the asked order
+        return (torch.cat(outs, dim=-2) if with_output else None), w
+
+    def _weights_block(self, i: int, qpos: Tensor, rows: slice | Tensor, p: float,
+                       with_output: bool) -> tuple[Tensor, Tensor | None]:
+        lq = qpos.numel()
+        found = self.keys(i)
+        if found is None:
+            w = self.q.new_zeros(self.B, self.H, lq, self.S)
+            return w, (self.v.new_zeros(self.B, self.H, lq, self.v.size(-1)) if with_output else None)
+        cols, kpos = found
+        acc = torch.float32 if self.q.dtype in (torch.float16, torch.bfloat16) else self.q.dtype
+        qb = _take(self.q, -2, rows).to(acc)  # (B, H, lq, E)
+        scores = qb @ _take(self.k, -2, cols).to(acc).transpose(-2, -1) * self.scale  # (B, H, lq, lk)
+        tile = self.tile(i, qpos, rows, kpos, cols)
+        if tile is not None:
+            scores = scores.masked_fill(~tile, -math.inf) if tile.dtype == torch.bool else scores + tile
+        empty = scores.isneginf().all(dim=-1, keepdim=True)  # (B, H, lq, 1) rows that see nothing
+        w = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+        if p > 0.0:
+            w = F.dropout(w, p=p)
+        out = (w @ _take(self.v, -2, cols).to(acc)).to(self.v.dtype) if with_output else None  # (B, H, lq, Ev)
+        if isinstance(cols, slice):  # spread over all S keys
+            w = F.pad(w, (cols.start, self.S - cols.stop))
+        else:
+            w = w.new_zeros(*w.shape[:-1], self.S).index_copy(-1, cols, w)
+        return w.to(self.q.dtype), out
+
+
+def _take(x: Tensor, dim: int, index: slice | Tensor) -> Tensor:
+    """`x` restricted to `index` (a slice: a view; a tensor: gathered) along `dim`."""
+    if isinstance(index, slice):
+        return x.narrow(dim, index.start, index.stop - index.start)
+    return x.index_select(dim, index)
+
+
+def _check_broadcast(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
+    if t.dim() > len(shape) or any(a not in (1, b) for a, b in zip(t.shape[::-1], shape[::-1])):
+        raise ValueError(f"{name} must give a bool tile broadcasting to (B, H, lq, lk) = {shape}, "
+                         f"got {tuple(t.shape)}")
