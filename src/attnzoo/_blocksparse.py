@@ -162,7 +162,6 @@ class _Blocks:
             b = torch.arange(self.B, device=qpos.device).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
             h = torch.arange(self.H, device=qpos.device).view(1, -1, 1, 1)  # (1, H, 1, 1)
             allowed = self.mask(b, h, qpos.view(1, 1, lq, 1), kpos.view(1, 1, 1, lk))
-            _check_broadcast("the mask", allowed, (self.B, self.H, lq, lk))
             allowed = allowed.reshape(*(1,) * (4 - allowed.dim()), *allowed.shape)  # (B|1, H|1, lq|1, lk|1)
         extra = None  # float terms added to the scores
         if self.attn_mask is not None:
@@ -196,8 +195,8 @@ class _Blocks:
             r1 = min(self.L, r0 + self.bq)
             qb = self.q[:, :, r0:r1]  # (B, H, lq, E)
             found = self.keys(i)
-            if found is None:  # nothing visible: 0
-                outs.append(self.q.new_zeros(self.B, self.H, r1 - r0, self.v.size(-1), dtype=self.v.dtype))
+            if found is None:  # nothing visible: 0 (over no keys, so gradients stay defined: 0)
+                outs.append(math_attention(qb, self.k[:, :, :0], self.v[:, :, :0], None, 0.0, False, self.scale)[0])
                 continue
             cols, kpos = found
             kb, vb = _take(self.k, -2, cols), _take(self.v, -2, cols)  # (B, H, lk, E), (B, H, lk, Ev)
@@ -264,9 +263,3 @@ def _take(x: Tensor, dim: int, index: slice | Tensor) -> Tensor:
     if isinstance(index, slice):
         return x.narrow(dim, index.start, index.stop - index.start)
     return x.index_select(dim, index)
-
-
-def _check_broadcast(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
-    if t.dim() > len(shape) or any(a not in (1, b) for a, b in zip(t.shape[::-1], shape[::-1])):
-        raise ValueError(f"{name} must give a bool tile broadcasting to (B, H, lq, lk) = {shape}, "
-                         f"got {tuple(t.shape)}")

@@ -48,7 +48,8 @@ class StructuredMask:
         over every batch element and head."""
         lo_q, hi_q = _edges(L, block_q)
         lo_k, hi_k = _edges(S, block_kv)
-        return self._ranges(lo_q[:, None], hi_q[:, None], lo_k[None, :], hi_k[None, :]).to(torch.int8)
+        classes = self._ranges(lo_q[:, None], hi_q[:, None], lo_k[None, :], hi_k[None, :])
+        return classes.to(torch.int8).expand(lo_q.numel(), lo_k.numel())  # (nq, nk)
 
     def _ranges(self, q0: Tensor, q1: Tensor, k0: Tensor, k1: Tensor) -> Tensor:
         """Classes of the blocks rows [q0, q1) × keys [k0, k1) (broadcast long tensors)."""
@@ -154,6 +155,10 @@ class _MaskMod(StructuredMask):
         if not isinstance(out, Tensor) or out.dtype != torch.bool:
             what = f"dtype {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
             raise TypeError(f"mask_mod must return a bool tensor (True = may attend), got {what}")
+        shape = torch.broadcast_shapes(b.shape, h.shape, q_idx.shape, kv_idx.shape)  # (B, H, lq, lk)
+        if out.dim() > len(shape) or any(a not in (1, n) for a, n in zip(out.shape[::-1], shape[::-1])):
+            raise ValueError(f"mask_mod must return a bool tile broadcasting to (B, H, lq, lk) = {tuple(shape)}, "
+                             f"got {tuple(out.shape)}")
         return out
 
     def block_map(self, L: int, S: int, block_q: int, block_kv: int, batch: int = 1, heads: int = 1) -> Tensor:
