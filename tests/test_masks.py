@@ -184,6 +184,16 @@ def test_gradcheck_window_sinks_bias_padding():
     assert torch.autograd.gradcheck(f, (q, k, v))
 
 
+def test_double_backward_through_the_recomputed_blocks():
+    q, k, v = qkv(1, 2, 9, 9, seed=9, grad=True)
+    mask = M.sliding_window(2) | M.sinks(1)
+
+    def f(q, k, v):
+        return BS.block_attention(q, k, v, mask, block_q=2, block_kv=2)
+
+    assert torch.autograd.gradgradcheck(f, (q, k, v))
+
+
 def test_fully_masked_rows_are_zero_with_finite_grads():
     """A window that sees only future keys past the padding: those rows see nothing."""
     L = 20

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as _functional
-from ._fused_autograd import math_attention, needs_math
-from ._masked import _fused, _zero_hidden_keys
+from ._fused_autograd import fused_attention, math_attention, needs_math, wants_grad
+from ._masked import _zero_hidden_keys
 from ._weights import RowIndex, _row_index
 from .masks import EMPTY, PARTIAL, StructuredMask, _All, _as_mask, causal
 
@@ -45,6 +45,10 @@ ScoreBias = Callable[[Tensor, Tensor], Tensor]
 # make fewer calls.
 _BLOCK_Q = 128
 _BLOCK_KV = 64
+# Consecutive query blocks that see as many keys are batched into one kernel call of at
+# most this many scores (each call is a round of the thread pool; the gathered keys of a
+# call are a copy, so the calls stay modest).
+_GROUP_SCORES = 1 << 23
 
 
 def block_attention(
@@ -139,6 +143,9 @@ class _Blocks:
             for i, j in (bmap > EMPTY).nonzero().tolist():
                 self.visible[i].append(j)
         self.math = needs_math(q, k, v, attn_mask)  # torch.func, forward AD: plain ops per block
+        # a mask of i - j alone (windows, causal) with nothing else: one tile per diagonal offset
+        self.relative = mask.relative and attn_mask is None and bias is None
+        self.cache: dict[tuple[int, int, int], object] = {}
 
     # ------------------------------------------------------------------ one block's keys
     def keys(self, i: int) -> tuple[slice | Tensor, Tensor] | None:
@@ -186,26 +193,90 @@ class _Blocks:
         return extra if allowed is None else extra.masked_fill(~allowed, -math.inf)
 
     # ------------------------------------------------------------------ the output pass
-    def output(self, p: float) -> Tensor:
-        """Attention output (B, H, L, Ev), one query block (one kernel call) at a time."""
-        if self.L == 0 or self.S == 0:  # nothing to score: 0, through plain ops (gradients stay defined)
-            return math_attention(self.q, self.k, self.v, None, 0.0, False, self.scale)[0]
-        outs = []
+    def plan(self) -> list[tuple[int, int, slice | Tensor | None, object]]:
+        """Per query block: (r0, r1, key columns or None when nothing is visible, its tile
+        (bool/float/None with `math`, else `_opened`'s (float mask, empty rows)))."""
+        out = []
         for i, r0 in enumerate(range(0, self.L, self.bq)):
             r1 = min(self.L, r0 + self.bq)
-            qb = self.q[:, :, r0:r1]  # (B, H, lq, E)
             found = self.keys(i)
-            if found is None:  # nothing visible: 0 (over no keys, so gradients stay defined: 0)
-                outs.append(math_attention(qb, self.k[:, :, :0], self.v[:, :, :0], None, 0.0, False, self.scale)[0])
+            if found is None:
+                out.append((r0, r1, None, None))
                 continue
             cols, kpos = found
-            kb, vb = _take(self.k, -2, cols), _take(self.v, -2, cols)  # (B, H, lk, E), (B, H, lk, Ev)
-            tile = self.tile(i, torch.arange(r0, r1, device=qb.device), slice(r0, r1), kpos, cols)
-            if self.math:
-                outs.append(math_attention(qb, kb, vb, tile, p, False, self.scale)[0])
+            key = (r0 - cols.start, r1 - r0, kpos.numel()) if self.relative and isinstance(cols, slice) else None
+            if key is None or key not in self.cache:  # a relative mask's tile repeats along the diagonal
+                tile = self.tile(i, torch.arange(r0, r1, device=self.q.device), slice(r0, r1), kpos, cols)
+                prepared = tile if self.math else _opened(tile, self.q.dtype)
+                if key is not None:
+                    self.cache[key] = prepared
             else:
-                outs.append(_fused(qb, kb, vb, tile, p, False, self.scale))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)  # (B, H, L, Ev)
+                prepared = self.cache[key]
+            out.append((r0, r1, cols, prepared))
+        return out
+
+    def groups(self) -> list[tuple[int, int, Tensor | slice | None, list]]:
+        """The plan in kernel calls: runs of consecutive query blocks of one length that see
+        the same number of keys, batched into one call of at most `_GROUP_SCORES` scores.
+        Each: (r0, r1, key columns of every block in order (one index tensor, a slice
+        for a single contiguous block, None when nothing is visible), the blocks' tiles)."""
+        out: list[tuple[int, int, Tensor | slice | None, list]] = []
+        run: list = []
+
+        def flush() -> None:
+            if not run:
+                return
+            cols = run[0][2]
+            if len(run) > 1:  # the blocks' columns, one after the other
+                cols = torch.cat([_positions(c, self.q.device) for _, _, c, _ in run])
+            out.append((run[0][0], run[-1][1], cols, [t for *_, t in run]))
+            run.clear()
+
+        for block in self.plan():
+            r0, r1, cols, _ = block
+            lk = None if cols is None else _length(cols)
+            if run and (cols is None or run[0][2] is None or r1 - r0 != run[0][1] - run[0][0]
+                        or lk != _length(run[0][2]) or (len(run) + 1) * (r1 - r0) * lk * self.H > _GROUP_SCORES):
+                flush()
+            run.append(block)
+            if cols is None:
+                flush()
+        flush()
+        return out
+
+    def output(self, p: float) -> Tensor:
+        """Attention output (B, H, L, Ev), a group of query blocks (one kernel call) at a time."""
+        if self.L == 0 or self.S == 0:  # nothing to score: 0, through plain ops (gradients stay defined)
+            return math_attention(self.q, self.k, self.v, None, 0.0, False, self.scale)[0]
+        groups = self.groups()
+        if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not _tiles_want_grad(groups):
+            # the backward recomputes each group: nothing per block is kept for it
+            return _Recomputed.apply(self.q, self.k, self.v, self, groups)
+        outs = [self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None, tiles, p)
+                for r0, r1, cols, tiles in groups]
+        return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
+
+    def group(self, qr: Tensor, kg: Tensor, vg: Tensor, nothing: bool, tiles: list, p: float) -> Tensor:
+        """Output rows (B, H, g·lq, Ev) of `g = len(tiles)` query blocks `qr` (B, H, g·lq, E)
+        over their gathered keys/values `kg`, `vg` (B, H, g·lk, E|Ev), one kernel call."""
+        if nothing:  # nothing visible: 0 (over no keys, so gradients stay defined: 0)
+            return math_attention(qr, kg[:, :, :0], vg[:, :, :0], None, 0.0, False, self.scale)[0]
+        g, (B, H, R, E) = len(tiles), qr.shape
+        lq, lk, Ev = R // g, kg.size(-2) // g, vg.size(-1)
+        if g > 1:  # the blocks become batch elements: (B·g, H, lq|lk, E)
+            qr = qr.reshape(B, H, g, lq, E).transpose(1, 2).reshape(B * g, H, lq, E)
+            kg = kg.reshape(B, H, g, lk, E).transpose(1, 2).reshape(B * g, H, lk, E)
+            vg = vg.reshape(B, H, g, lk, Ev).transpose(1, 2).reshape(B * g, H, lk, Ev)
+        if self.math:
+            out = math_attention(qr, kg, vg, _stacked(tiles, B, lq, lk, none=True), p, False, self.scale)[0]
+        else:
+            fmask = _stacked([t[0] for t in tiles], B, lq, lk)
+            empty = _stacked([t[1] for t in tiles], B, lq, 1, none=False)
+            out = fused_attention(qr, kg, vg, fmask, p, False, self.scale)  # (B·g, H, lq, Ev)
+            out = out if empty is None else out.masked_fill(empty, 0.0)  # rows that see nothing: 0
+        if g > 1:
+            out = out.reshape(B, g, H, lq, Ev).transpose(1, 2).reshape(B, H, g * lq, Ev)
+        return out
 
     # ------------------------------------------------------------------ the weights pass
     def weights(self, rows: RowIndex, p: float, average: bool, with_output: bool) -> tuple[Tensor | None, Tensor]:
@@ -263,3 +334,101 @@ def _take(x: Tensor, dim: int, index: slice | Tensor) -> Tensor:
     if isinstance(index, slice):
         return x.narrow(dim, index.start, index.stop - index.start)
     return x.index_select(dim, index)
+
+
+def _opened(tile: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+    """A tile for the fused kernel: (float mask with the rows that see nothing opened, those
+    rows (B|1, H|1, lq, 1) or None when every row sees a key). Few ops: each one is a
+    thread-pool round trip on a CPU."""
+    if tile is None:
+        return None, None
+    if tile.dtype == torch.bool:
+        seen = tile.any(dim=-1, keepdim=True)
+        tile = torch.where(tile, torch.zeros((), dtype=dtype), torch.full((), -math.inf, dtype=dtype))
+    else:
+        seen = ~tile.isneginf().all(dim=-1, keepdim=True)
+    if bool(seen.all()):
+        return tile, None
+    return tile.masked_fill(~seen, 0.0), ~seen
+
+
+class _Recomputed(torch.autograd.Function):
+    """The blockwise output with a backward that recomputes one group of blocks at a time.
+
+    Autograd through the blocks would keep every block's inputs and, worse, send each
+    block's key/query gradient back through a slice of the whole tensor (a full-size
+    zero tensor per block: O(L·S) traffic). Here the backward writes each group's
+    gradients straight into dq, dk, dv; with `create_graph=True` it builds them from
+    differentiable ops on the saved inputs instead.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, run, groups):  # type: ignore[override]
+        ctx.run, ctx.groups = run, groups
+        ctx.save_for_backward(q, k, v)
+        with torch.no_grad():
+            outs = [run.group(q[:, :, r0:r1], *_gather(k, v, cols), cols is None, tiles, 0.0)
+                    for r0, r1, cols, tiles in groups]
+            return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v = ctx.saved_tensors
+        run = ctx.run
+        higher = torch.is_grad_enabled()  # create_graph=True: differentiable gradients
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for r0, r1, cols, tiles in ctx.groups:
+            if cols is None:
+                continue
+            qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
+            if not higher:
+                qr, kg, vg = (t.detach().requires_grad_() for t in (qr, kg, vg))
+            with torch.enable_grad():
+                out = run.group(qr, kg, vg, False, tiles, 0.0)
+                gq, gk, gv = torch.autograd.grad(out, (qr, kg, vg), grad_out[:, :, r0:r1], create_graph=higher)
+            idx = _positions(cols, q.device)
+            if higher:  # out of place: the sums stay differentiable
+                dq = dq.index_add(-2, torch.arange(r0, r1, device=q.device), gq)
+                dk, dv = dk.index_add(-2, idx, gk), dv.index_add(-2, idx, gv)
+            else:
+                dq[:, :, r0:r1] = gq
+                dk.index_add_(-2, idx, gk)
+                dv.index_add_(-2, idx, gv)
+        return dq, dk, dv, None, None
+
+
+def _gather(k: Tensor, v: Tensor, cols: slice | Tensor | None) -> tuple[Tensor, Tensor]:
+    """Keys and values at `cols` (a view for a slice; gathered for an index tensor)."""
+    if cols is None:
+        return k[:, :, :0], v[:, :, :0]
+    return _take(k, -2, cols), _take(v, -2, cols)
+
+
+def _positions(cols: slice | Tensor, device: torch.device) -> Tensor:
+    return torch.arange(cols.start, cols.stop, device=device) if isinstance(cols, slice) else cols
+
+
+def _length(cols: slice | Tensor) -> int:
+    return cols.stop - cols.start if isinstance(cols, slice) else cols.numel()
+
+
+def _stacked(tiles: list, B: int, lq: int, lk: int, none: float | bool = 0.0) -> Tensor | None:
+    """One tile per block (B|1, H|1, lq, lk|1) or None (meaning `none` everywhere) -> one
+    for the batch (B·g|1, H|1, lq, lk) of the blocks, as `group` lays them out; None when
+    every block has none."""
+    if all(t is None for t in tiles):
+        return None
+    first = tiles[0]
+    if len(tiles) == 1 or (all(t is first for t in tiles) and first.size(0) == 1):
+        return first  # one tile for every block (a relative mask): it broadcasts
+    ref = next(t for t in tiles if t is not None)
+    heads = max(t.size(1) for t in tiles if t is not None)
+    fill = torch.full((), none, dtype=ref.dtype, device=ref.device)
+    full = [fill.expand(B, heads, lq, lk) if t is None else t.expand(B, heads, lq, lk) for t in tiles]
+    return torch.stack(full, dim=1).reshape(B * len(tiles), heads, lq, lk)  # (B·g, H|1, lq, lk)
+
+
+def _tiles_want_grad(groups: list) -> bool:
+    """Whether a tile carries a gradient (a learned score bias, a float attn_mask)."""
+    return any(isinstance(t, tuple) and t[0] is not None and t[0].requires_grad
+               for *_, tiles in groups for t in tiles)

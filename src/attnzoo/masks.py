@@ -40,6 +40,9 @@ MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 class StructuredMask:
     """Base of every mask object: evaluate tiles (`__call__`), classify blocks (`block_map`)."""
 
+    #: True when the mask is a function of kv_idx - q_idx alone (same for every b and h)
+    relative = False
+
     def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -68,6 +71,8 @@ class StructuredMask:
 class _Band(StructuredMask):
     """Query i sees keys i - left .. i + right (None: unbounded on that side)."""
 
+    relative = True
+
     def __init__(self, left: int | None, right: int | None) -> None:
         self.left, self.right = left, right
 
@@ -75,12 +80,10 @@ class _Band(StructuredMask):
         return "causal()" if self.left is None and self.right == 0 else f"sliding_window({self.left}, {self.right})"
 
     def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        ok = torch.ones((), dtype=torch.bool, device=q_idx.device)
-        if self.left is not None:
-            ok = ok & (kv_idx >= q_idx - self.left)
-        if self.right is not None:
-            ok = ok & (kv_idx <= q_idx + self.right)
-        return ok
+        d = kv_idx - q_idx
+        if self.left is None:
+            return d <= self.right if self.right is not None else d == d
+        return (d >= -self.left) if self.right is None else (d >= -self.left) & (d <= self.right)
 
     def _ranges(self, q0: Tensor, q1: Tensor, k0: Tensor, k1: Tensor) -> Tensor:
         big = 1 << 62
@@ -194,6 +197,7 @@ class _Combined(StructuredMask):
 
     def __init__(self, a: StructuredMask, b: StructuredMask, both: bool) -> None:
         self.a, self.b, self.both = a, b, both
+        self.relative = a.relative and b.relative
 
     def __repr__(self) -> str:
         return f"({self.a!r} {'&' if self.both else '|'} {self.b!r})"
@@ -214,6 +218,8 @@ class _Combined(StructuredMask):
 
 class _All(StructuredMask):
     """Every query sees every key (the mask of a call given only a score bias)."""
+
+    relative = True
 
     def __repr__(self) -> str:
         return "all()"
