@@ -193,33 +193,45 @@ class _Blocks:
         return extra if allowed is None else extra.masked_fill(~allowed, -math.inf)
 
     # ------------------------------------------------------------------ the output pass
-    def plan(self) -> list[tuple[int, int, slice | Tensor | None, object]]:
-        """Per query block: (r0, r1, key columns or None when nothing is visible, its tile
-        (bool/float/None with `math`, else `_opened`'s (float mask, empty rows)))."""
+    def plan(self) -> list[tuple[int, int, slice | Tensor | None, tuple]]:
+        """Per query block: (r0, r1, key columns or None when nothing is visible, the recipe
+        of its tile for `prepared`). Tiles are built when their block runs, never all at once."""
         out = []
         for i, r0 in enumerate(range(0, self.L, self.bq)):
             r1 = min(self.L, r0 + self.bq)
             found = self.keys(i)
-            if found is None:
-                out.append((r0, r1, None, None))
-                continue
-            cols, kpos = found
-            key = (r0 - cols.start, r1 - r0, kpos.numel()) if self.relative and isinstance(cols, slice) else None
-            if key is None or key not in self.cache:  # a relative mask's tile repeats along the diagonal
-                tile = self.tile(i, torch.arange(r0, r1, device=self.q.device), slice(r0, r1), kpos, cols)
-                prepared = tile if self.math else _opened(tile, self.q.dtype)
-                if key is not None:
-                    self.cache[key] = prepared
-            else:
-                prepared = self.cache[key]
-            out.append((r0, r1, cols, prepared))
+            cols, kpos = (None, None) if found is None else found
+            out.append((r0, r1, cols, (i, r0, r1, cols, kpos)))
         return out
+
+    def prepared(self, i: int, r0: int, r1: int, cols: slice | Tensor, kpos: Tensor) -> object:
+        """The tile of query block i (rows r0..r1-1) over its keys: bool/float/None with
+        `math`, else `_opened`'s (float mask, empty rows). A relative mask's tile repeats
+        along the diagonal, so it is built once per offset."""
+        key = (r0 - cols.start, r1 - r0, kpos.numel()) if self.relative and isinstance(cols, slice) else None
+        if key is not None and key in self.cache:
+            return self.cache[key]
+        tile = self.tile(i, torch.arange(r0, r1, device=self.q.device), slice(r0, r1), kpos, cols)
+        prepared = tile if self.math else _opened(tile, self.q.dtype)
+        if key is not None:
+            self.cache[key] = prepared
+        return prepared
+
+    def tiles_want_grad(self) -> bool:
+        """Whether a tile carries a gradient (a learned score bias, a float attn_mask)."""
+        if self.attn_mask is not None and self.attn_mask.requires_grad:
+            return True
+        if self.bias is None or not torch.is_grad_enabled():
+            return False
+        one = torch.zeros(1, 1, dtype=torch.long, device=self.q.device)
+        probe = self.bias(one, one)  # a 1×1 tile: does the bias come from parameters?
+        return isinstance(probe, Tensor) and probe.requires_grad
 
     def groups(self) -> list[tuple[int, int, Tensor | slice | None, list]]:
         """The plan in kernel calls: runs of consecutive query blocks of one length that see
         the same number of keys, batched into one call of at most `_GROUP_SCORES` scores.
         Each: (r0, r1, key columns of every block in order (one index tensor, a slice
-        for a single contiguous block, None when nothing is visible), the blocks' tiles)."""
+        for a single contiguous block, None when nothing is visible), the blocks' tile recipes)."""
         out: list[tuple[int, int, Tensor | slice | None, list]] = []
         run: list = []
 
@@ -249,18 +261,19 @@ class _Blocks:
         if self.L == 0 or self.S == 0:  # nothing to score: 0, through plain ops (gradients stay defined)
             return math_attention(self.q, self.k, self.v, None, 0.0, False, self.scale)[0]
         groups = self.groups()
-        if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not _tiles_want_grad(groups):
+        if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not self.tiles_want_grad():
             # the backward recomputes each group: nothing per block is kept for it
             return _Recomputed.apply(self.q, self.k, self.v, self, groups)
         outs = [self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None, tiles, p)
                 for r0, r1, cols, tiles in groups]
         return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
 
-    def group(self, qr: Tensor, kg: Tensor, vg: Tensor, nothing: bool, tiles: list, p: float) -> Tensor:
-        """Output rows (B, H, g·lq, Ev) of `g = len(tiles)` query blocks `qr` (B, H, g·lq, E)
+    def group(self, qr: Tensor, kg: Tensor, vg: Tensor, nothing: bool, recipes: list, p: float) -> Tensor:
+        """Output rows (B, H, g·lq, Ev) of `g = len(recipes)` query blocks `qr` (B, H, g·lq, E)
         over their gathered keys/values `kg`, `vg` (B, H, g·lk, E|Ev), one kernel call."""
         if nothing:  # nothing visible: 0 (over no keys, so gradients stay defined: 0)
             return math_attention(qr, kg[:, :, :0], vg[:, :, :0], None, 0.0, False, self.scale)[0]
+        tiles = [self.prepared(*recipe) for recipe in recipes]  # built now, dropped after the call
         g, (B, H, R, E) = len(tiles), qr.shape
         lq, lk, Ev = R // g, kg.size(-2) // g, vg.size(-1)
         if g > 1:  # the blocks become batch elements: (B·g, H, lq|lk, E)
@@ -426,9 +439,3 @@ def _stacked(tiles: list, B: int, lq: int, lk: int, none: float | bool = 0.0) ->
     fill = torch.full((), none, dtype=ref.dtype, device=ref.device)
     full = [fill.expand(B, heads, lq, lk) if t is None else t.expand(B, heads, lq, lk) for t in tiles]
     return torch.stack(full, dim=1).reshape(B * len(tiles), heads, lq, lk)  # (B·g, H|1, lq, lk)
-
-
-def _tiles_want_grad(groups: list) -> bool:
-    """Whether a tile carries a gradient (a learned score bias, a float attn_mask)."""
-    return any(isinstance(t, tuple) and t[0] is not None and t[0].requires_grad
-               for *_, tiles in groups for t in tiles)
