@@ -79,9 +79,10 @@ _MODULES = {
     "cases_attention": ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long",
                         "throughput"],
     "cases_models": ["decode", "compile", "gating"],
+    "cases_masks": ["structured"],
 }
 _ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
-          "gating", "throughput"]
+          "gating", "throughput", "structured"]
 
 
 def group_names() -> list[str]:

@@ -181,7 +181,15 @@ def child_main(spec_json: str) -> None:
     device = torch.device(spec.get("device", "cpu"))
     if spec.get("dtype"):
         torch.set_default_dtype(getattr(torch, spec["dtype"]))
-    warm, call = _OPS[spec["op"]](spec, device)
+    op = spec["op"]
+    if ":" in op:  # "attnzoo.bench.module:function": a case that lives with its group
+        import importlib
+
+        module, name = op.split(":")
+        make = getattr(importlib.import_module(module), name)
+    else:
+        make = _OPS[op]
+    warm, call = make(spec, device)
     warm()  # minimal warm-up: load kernels and start threads on a tiny input
     gc.collect()
     result = _measure_cuda(call, device) if device.type == "cuda" else _measure_cpu(call)
