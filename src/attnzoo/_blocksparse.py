@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,7 @@ _BLOCK_KV = 64
 # most this many scores (each call is a round of the thread pool; the gathered keys of a
 # call are a copy, so the calls stay modest).
 _GROUP_SCORES = 1 << 23
+_FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
 def block_attention(
@@ -160,12 +162,13 @@ class _Blocks:
         pos = torch.cat([torch.arange(j * self.bk, min(self.S, (j + 1) * self.bk), device=dev) for j in blocks])
         return pos, pos
 
-    def tile(self, i: int, qpos: Tensor, rows: slice | Tensor, kpos: Tensor, cols: slice | Tensor) -> Tensor | None:
+    def tile(self, partial: bool, qpos: Tensor, rows: slice | Tensor, kpos: Tensor,
+             cols: slice | Tensor) -> Tensor | None:
         """The mask of query rows `qpos` × keys `kpos`: None (all visible), bool or float
         (B|1, H|1, lq, lk)."""
         lq, lk = qpos.numel(), kpos.numel()
         allowed = None
-        if self.partial[i]:
+        if partial:  # the structured mask hides some of these pairs
             b = torch.arange(self.B, device=qpos.device).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
             h = torch.arange(self.H, device=qpos.device).view(1, -1, 1, 1)  # (1, H, 1, 1)
             allowed = self.mask(b, h, qpos.view(1, 1, lq, 1), kpos.view(1, 1, 1, lk))
@@ -201,18 +204,23 @@ class _Blocks:
             r1 = min(self.L, r0 + self.bq)
             found = self.keys(i)
             cols, kpos = (None, None) if found is None else found
-            out.append((r0, r1, cols, (i, r0, r1, cols, kpos)))
+            out.append((r0, r1, cols, (self.partial[i], r0, r1, cols, kpos)))
         return out
 
-    def prepared(self, i: int, r0: int, r1: int, cols: slice | Tensor, kpos: Tensor) -> object:
+    def prepared(self, partial: bool, r0: int, r1: int, cols: slice | Tensor, kpos: Tensor) -> object:
         """The tile of query block i (rows r0..r1-1) over its keys: bool/float/None with
         `math`, else `_opened`'s (float mask, empty rows). A relative mask's tile repeats
         along the diagonal, so it is built once per offset."""
         key = (r0 - cols.start, r1 - r0, kpos.numel()) if self.relative and isinstance(cols, slice) else None
         if key is not None and key in self.cache:
             return self.cache[key]
-        tile = self.tile(i, torch.arange(r0, r1, device=self.q.device), slice(r0, r1), kpos, cols)
-        prepared = tile if self.math else _opened(tile, self.q.dtype)
+        tile = self.tile(partial, torch.arange(r0, r1, device=self.q.device), slice(r0, r1), kpos, cols)
+        if self.math:
+            prepared = tile
+        elif not partial and self.attn_mask is None:  # a bias alone (finite): no row is empty
+            prepared = (tile, None)
+        else:
+            prepared = _opened(tile, self.q.dtype)
         if key is not None:
             self.cache[key] = prepared
         return prepared
@@ -227,32 +235,40 @@ class _Blocks:
         probe = self.bias(one, one)  # a 1×1 tile: does the bias come from parameters?
         return isinstance(probe, Tensor) and probe.requires_grad
 
-    def groups(self) -> list[tuple[int, int, Tensor | slice | None, list]]:
-        """The plan in kernel calls: runs of consecutive query blocks of one length that see
-        the same number of keys, batched into one call of at most `_GROUP_SCORES` scores.
-        Each: (r0, r1, key columns of every block in order (one index tensor, a slice
-        for a single contiguous block, None when nothing is visible), the blocks' tile recipes)."""
-        out: list[tuple[int, int, Tensor | slice | None, list]] = []
+    def groups(self) -> list[tuple[int, int, Tensor | slice | None, list, bool]]:
+        """The plan in kernel calls of at most `_GROUP_SCORES` scores: runs of consecutive
+        query blocks that see the same keys (one call over their rows), or failing that,
+        blocks of one length that see as many keys (one call, the blocks batched). Each:
+        (r0, r1, key columns (of every block in order when batched; None when nothing is
+        visible), the blocks' tile recipes, batched)."""
+        out: list[tuple[int, int, Tensor | slice | None, list, bool]] = []
         run: list = []
+        fold = False
 
         def flush() -> None:
             if not run:
                 return
             cols = run[0][2]
-            if len(run) > 1:  # the blocks' columns, one after the other
+            if fold:  # the blocks' columns, one after the other
                 cols = torch.cat([_positions(c, self.q.device) for _, _, c, _ in run])
-            out.append((run[0][0], run[-1][1], cols, [t for *_, t in run]))
+            out.append((run[0][0], run[-1][1], cols, [t for *_, t in run], fold))
             run.clear()
 
         for block in self.plan():
             r0, r1, cols, _ = block
-            lk = None if cols is None else _length(cols)
-            if run and (cols is None or run[0][2] is None or r1 - r0 != run[0][1] - run[0][0]
-                        or lk != _length(run[0][2]) or (len(run) + 1) * (r1 - r0) * lk * self.H > _GROUP_SCORES):
+            joins = bool(run) and cols is not None and run[0][2] is not None
+            if joins:
+                lk, first = _length(cols), run[0][2]
+                joins = (run[-1][1] - run[0][0] + r1 - r0) * lk * self.H <= _GROUP_SCORES
+                same = _same(cols, first) and not fold
+                batch = (len(run) == 1 or fold) and r1 - r0 == run[0][1] - run[0][0] and lk == _length(first)
+                joins = joins and (same or batch)
+                if joins and not same:
+                    fold = True
+            if not joins:
                 flush()
+                fold = False
             run.append(block)
-            if cols is None:
-                flush()
         flush()
         return out
 
@@ -264,32 +280,41 @@ class _Blocks:
         if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not self.tiles_want_grad():
             # the backward recomputes each group: nothing per block is kept for it
             return _Recomputed.apply(self.q, self.k, self.v, self, groups)
-        outs = [self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None, tiles, p)
-                for r0, r1, cols, tiles in groups]
+        outs = [self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None, tiles, fold, p)
+                for r0, r1, cols, tiles, fold in groups]
         return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
 
-    def group(self, qr: Tensor, kg: Tensor, vg: Tensor, nothing: bool, recipes: list, p: float) -> Tensor:
-        """Output rows (B, H, g·lq, Ev) of `g = len(recipes)` query blocks `qr` (B, H, g·lq, E)
-        over their gathered keys/values `kg`, `vg` (B, H, g·lk, E|Ev), one kernel call."""
+    def group(self, qr: Tensor, kg: Tensor, vg: Tensor, nothing: bool, recipes: list, fold: bool,
+              p: float) -> Tensor:
+        """Output rows (B, H, R, Ev) of the query blocks `qr` (B, H, R, E) of `recipes` in one
+        kernel call, over their keys/values `kg`, `vg`: shared (B, H, lk, E|Ev), or with
+        `fold` gathered per block (B, H, g·lk, E|Ev) and the g blocks batched."""
         if nothing:  # nothing visible: 0 (over no keys, so gradients stay defined: 0)
             return math_attention(qr, kg[:, :, :0], vg[:, :, :0], None, 0.0, False, self.scale)[0]
-        tiles = [self.prepared(*recipe) for recipe in recipes]  # built now, dropped after the call
-        g, (B, H, R, E) = len(tiles), qr.shape
-        lq, lk, Ev = R // g, kg.size(-2) // g, vg.size(-1)
-        if g > 1:  # the blocks become batch elements: (B·g, H, lq|lk, E)
-            qr = qr.reshape(B, H, g, lq, E).transpose(1, 2).reshape(B * g, H, lq, E)
-            kg = kg.reshape(B, H, g, lk, E).transpose(1, 2).reshape(B * g, H, lk, E)
-            vg = vg.reshape(B, H, g, lk, Ev).transpose(1, 2).reshape(B * g, H, lk, Ev)
+        q4, k4, v4, tile = self.kernel_inputs(qr, kg, vg, recipes, fold)
         if self.math:
-            out = math_attention(qr, kg, vg, _stacked(tiles, B, lq, lk, none=True), p, False, self.scale)[0]
+            out = math_attention(q4, k4, v4, tile, p, False, self.scale)[0]
         else:
-            fmask = _stacked([t[0] for t in tiles], B, lq, lk)
-            empty = _stacked([t[1] for t in tiles], B, lq, 1, none=False)
-            out = fused_attention(qr, kg, vg, fmask, p, False, self.scale)  # (B·g, H, lq, Ev)
+            fmask, empty = tile
+            out = fused_attention(q4, k4, v4, fmask, p, False, self.scale)  # (B|B·g, H, R|lq, Ev)
             out = out if empty is None else out.masked_fill(empty, 0.0)  # rows that see nothing: 0
-        if g > 1:
-            out = out.reshape(B, g, H, lq, Ev).transpose(1, 2).reshape(B, H, g * lq, Ev)
-        return out
+        return _unfold(out, qr.size(0), len(recipes)) if fold else out
+
+    def kernel_inputs(self, qr: Tensor, kg: Tensor, vg: Tensor, recipes: list,
+                      fold: bool) -> tuple[Tensor, Tensor, Tensor, Any]:
+        """What one kernel call of a group gets: q, k, v ((B·g, H, lq|lk, E) when `fold`) and
+        the tile (see `prepared`)."""
+        if not fold:  # the blocks share their keys: one longer block of rows, one tile
+            first, last = recipes[0], recipes[-1]
+            return qr, kg, vg, self.prepared(any(r[0] for r in recipes), first[1], last[2], first[3], first[4])
+        g, B = len(recipes), qr.size(0)
+        lq, lk = qr.size(-2) // g, kg.size(-2) // g
+        tiles = [self.prepared(*recipe) for recipe in recipes]  # built now, dropped after the call
+        if self.math:
+            tile = _stacked(tiles, B, lq, lk, none=True)
+        else:
+            tile = (_stacked([t[0] for t in tiles], B, lq, lk), _stacked([t[1] for t in tiles], B, lq, 1, none=False))
+        return _fold(qr, g), _fold(kg, g), _fold(vg, g), tile
 
     # ------------------------------------------------------------------ the weights pass
     def weights(self, rows: RowIndex, p: float, average: bool, with_output: bool) -> tuple[Tensor | None, Tensor]:
@@ -327,7 +352,7 @@ class _Blocks:
         acc = torch.float32 if self.q.dtype in (torch.float16, torch.bfloat16) else self.q.dtype
         qb = _take(self.q, -2, rows).to(acc)  # (B, H, lq, E)
         scores = qb @ _take(self.k, -2, cols).to(acc).transpose(-2, -1) * self.scale  # (B, H, lq, lk)
-        tile = self.tile(i, qpos, rows, kpos, cols)
+        tile = self.tile(self.partial[i], qpos, rows, kpos, cols)
         if tile is not None:
             scores = scores.masked_fill(~tile, -math.inf) if tile.dtype == torch.bool else scores + tile
         empty = scores.isneginf().all(dim=-1, keepdim=True)  # (B, H, lq, 1) rows that see nothing
@@ -377,37 +402,76 @@ class _Recomputed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, run, groups):  # type: ignore[override]
-        ctx.run, ctx.groups = run, groups
-        ctx.save_for_backward(q, k, v)
+        out = v.new_empty(*q.shape[:-1], v.size(-1))  # (B, H, L, Ev)
+        lses: list[Tensor | None] = []  # per group: the CPU flash kernel's log-sum-exp, or None: recompute
         with torch.no_grad():
-            outs = [run.group(q[:, :, r0:r1], *_gather(k, v, cols), cols is None, tiles, 0.0)
-                    for r0, r1, cols, tiles in groups]
-            return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
+            for r0, r1, cols, recipes, fold in groups:
+                qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
+                lse = None
+                if cols is not None and q.device.type == "cpu":
+                    q4, k4, v4, (fmask, empty) = run.kernel_inputs(qr, kg, vg, recipes, fold)
+                    if empty is None and torch._fused_sdp_choice(q4, k4, v4, fmask, 0.0, False,
+                                                                 scale=run.scale) == _FLASH:
+                        o4, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                            q4, k4, v4, 0.0, False, attn_mask=fmask, scale=run.scale)
+                        out[:, :, r0:r1] = _unfold(o4, q.size(0), len(recipes)) if fold else o4
+                if lse is None:
+                    out[:, :, r0:r1] = run.group(qr, kg, vg, cols is None, recipes, fold, 0.0)
+                lses.append(lse)
+        ctx.run, ctx.groups, ctx.lses = run, groups, lses
+        ctx.save_for_backward(q, k, v, out)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        q, k, v = ctx.saved_tensors
+        q, k, v, out = ctx.saved_tensors
         run = ctx.run
         higher = torch.is_grad_enabled()  # create_graph=True: differentiable gradients
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for r0, r1, cols, tiles in ctx.groups:
+        for (r0, r1, cols, recipes, fold), lse in zip(ctx.groups, ctx.lses):
             if cols is None:
                 continue
             qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
-            if not higher:
-                qr, kg, vg = (t.detach().requires_grad_() for t in (qr, kg, vg))
-            with torch.enable_grad():
-                out = run.group(qr, kg, vg, False, tiles, 0.0)
-                gq, gk, gv = torch.autograd.grad(out, (qr, kg, vg), grad_out[:, :, r0:r1], create_graph=higher)
+            go = grad_out[:, :, r0:r1]
+            if lse is not None and not higher:  # the kernel's own backward, no second forward
+                q4, k4, v4, (fmask, _) = run.kernel_inputs(qr, kg, vg, recipes, fold)
+                g, B = len(recipes), q.size(0)
+                o4, go4 = (_fold(out[:, :, r0:r1], g), _fold(go, g)) if fold else (out[:, :, r0:r1], go)
+                gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    go4.contiguous(), q4, k4, v4, o4, lse, 0.0, False, attn_mask=fmask, scale=run.scale)
+                if fold:
+                    gq, gk, gv = _unfold(gq, B, g), _unfold(gk, B, g), _unfold(gv, B, g)
+            else:  # recompute the group's forward, then its backward
+                if not higher:
+                    qr, kg, vg = (t.detach().requires_grad_() for t in (qr, kg, vg))
+                with torch.enable_grad():
+                    o = run.group(qr, kg, vg, False, recipes, fold, 0.0)
+                    gq, gk, gv = torch.autograd.grad(o, (qr, kg, vg), go, create_graph=higher)
             idx = _positions(cols, q.device)
             if higher:  # out of place: the sums stay differentiable
                 dq = dq.index_add(-2, torch.arange(r0, r1, device=q.device), gq)
                 dk, dv = dk.index_add(-2, idx, gk), dv.index_add(-2, idx, gv)
             else:
                 dq[:, :, r0:r1] = gq
-                dk.index_add_(-2, idx, gk)
-                dv.index_add_(-2, idx, gv)
+                if isinstance(cols, slice):
+                    dk[:, :, cols] += gk
+                    dv[:, :, cols] += gv
+                else:
+                    dk.index_add_(-2, idx, gk)
+                    dv.index_add_(-2, idx, gv)
         return dq, dk, dv, None, None
+
+
+def _fold(x: Tensor, g: int) -> Tensor:
+    """(B, H, g·l, E) -> (B·g, H, l, E): g blocks of rows become batch elements."""
+    B, H, R, E = x.shape
+    return x.reshape(B, H, g, R // g, E).transpose(1, 2).reshape(B * g, H, R // g, E)
+
+
+def _unfold(x: Tensor, B: int, g: int) -> Tensor:
+    """(B·g, H, l, E) -> (B, H, g·l, E), the inverse of `_fold`."""
+    _, H, n, E = x.shape
+    return x.reshape(B, g, H, n, E).transpose(1, 2).reshape(B, H, g * n, E)
 
 
 def _gather(k: Tensor, v: Tensor, cols: slice | Tensor | None) -> tuple[Tensor, Tensor]:
@@ -439,3 +503,10 @@ def _stacked(tiles: list, B: int, lq: int, lk: int, none: float | bool = 0.0) ->
     fill = torch.full((), none, dtype=ref.dtype, device=ref.device)
     full = [fill.expand(B, heads, lq, lk) if t is None else t.expand(B, heads, lq, lk) for t in tiles]
     return torch.stack(full, dim=1).reshape(B * len(tiles), heads, lq, lk)  # (B·g, H|1, lq, lk)
+
+
+def _same(a: slice | Tensor, b: slice | Tensor) -> bool:
+    """Whether two blocks' key columns are the same keys."""
+    if isinstance(a, slice) and isinstance(b, slice):
+        return a == b
+    return a is b

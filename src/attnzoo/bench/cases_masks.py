@@ -51,7 +51,8 @@ def _alibi(H: int, device: Any, dtype: torch.dtype) -> tuple[Callable, Callable]
     slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / H) for h in range(H)], device=device, dtype=dtype)
 
     def tile(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:  # (H, lq, lk)
-        return (q_idx - kv_idx).abs().to(dtype) * -slopes.view(H, 1, 1)
+        distance = (q_idx.to(dtype) - kv_idx.to(dtype)).abs_()  # (lq, lk)
+        return distance * -slopes.view(H, 1, 1)
 
     def dense(N: int) -> torch.Tensor:  # (1, H, N, N)
         i = torch.arange(N, device=device)
