@@ -290,3 +290,39 @@ def test_five_dim_query_is_refused():
     q = torch.randn(1, 1, 2, 4, 8)
     with pytest.raises(ValueError, match=r"with mask= or score_bias=, query must be \(B, H, L, E\)"):
         scaled_dot_product_attention(q, q, q, mask=M.causal())
+
+
+def test_structured_bench_group_runs_quick(monkeypatch):
+    """The `structured` bench group: every row measured, no error rows, ratios as the rows say."""
+    from attnzoo.bench import cases_masks
+    from attnzoo.bench._core import Context
+
+    specs = []
+
+    def fake(spec):  # the real subprocess is exercised below
+        specs.append(spec)
+        return {"peak_mb": 10.0 if spec["impl"] == "attnzoo" else 40.0, "seconds": 0.1, "method": "fake"}
+
+    monkeypatch.setattr(cases_masks, "measure_in_subprocess", fake)
+    monkeypatch.setitem(cases_masks.SIZES, "quick", {**cases_masks.SIZES["quick"], "window_N": 128, "doc_N": 128,
+                                                     "scaling_N": (128, 256), "flex_N": 128, "bias_N": 128})
+    ctx = Context(quick=True, repeats=1, warmup=0, device=torch.device("cpu"), sizes={}, min_sample_s=0.0)
+    rows = []
+    for job in cases_masks.structured_group(ctx):
+        out = job.run()
+        rows.extend(out if isinstance(out, list) else [out])
+    assert all(r.error is None and r.attnzoo is not None and r.reference is not None for r in rows)
+    assert [r.unit for r in rows].count("MB") == 2 and all(r.ratio == 4.0 for r in rows if r.unit == "MB")
+    assert [(s["case"], s["impl"]) for s in specs] == [("window", "attnzoo"), ("window", "torch"),
+                                                        ("bias", "attnzoo"), ("bias", "torch")]
+    flex = next(r for r in rows if "eager flex" in r.operation)
+    assert flex.extra["max_abs_diff"] < 1e-4  # the same mask as FlexAttention's block mask
+
+
+def test_structured_memory_case_runs_in_a_fresh_process():
+    from attnzoo.bench._memory import measure_in_subprocess
+
+    for case in ("window", "bias"):
+        res = measure_in_subprocess({"op": "attnzoo.bench.cases_masks:_case", "case": case, "impl": "attnzoo",
+                                     "N": 96, "W": 16, "B": 1, "H": 2, "hs": 8})
+        assert res["peak_mb"] >= 0 and res["seconds"] > 0

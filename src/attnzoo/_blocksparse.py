@@ -49,7 +49,9 @@ _BLOCK_KV = 64
 # Consecutive query blocks that see as many keys are batched into one kernel call of at
 # most this many scores (each call is a round of the thread pool; the gathered keys of a
 # call are a copy, so the calls stay modest).
-_GROUP_SCORES = 1 << 23
+_GROUP_SCORES = 1 << 21
+# A relative mask (windows, causal) keeps its tiles, by diagonal offset, up to this many.
+_CACHED_TILES = 256
 _FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
@@ -147,7 +149,10 @@ class _Blocks:
         self.math = needs_math(q, k, v, attn_mask)  # torch.func, forward AD: plain ops per block
         # a mask of i - j alone (windows, causal) with nothing else: one tile per diagonal offset
         self.relative = mask.relative and attn_mask is None and bias is None
-        self.cache: dict[tuple[int, int, int], object] = {}
+        # kept on the mask object: a model's layers (and steps) reuse the same few tiles
+        self.cache: dict = mask.__dict__.setdefault("_tile_cache", {}) if self.relative else {}
+        if len(self.cache) > _CACHED_TILES:
+            self.cache.clear()
 
     # ------------------------------------------------------------------ one block's keys
     def keys(self, i: int) -> tuple[slice | Tensor, Tensor] | None:
@@ -211,7 +216,9 @@ class _Blocks:
         """The tile of query block i (rows r0..r1-1) over its keys: bool/float/None with
         `math`, else `_opened`'s (float mask, empty rows). A relative mask's tile repeats
         along the diagonal, so it is built once per offset."""
-        key = (r0 - cols.start, r1 - r0, kpos.numel()) if self.relative and isinstance(cols, slice) else None
+        key = None
+        if self.relative and isinstance(cols, slice):
+            key = (r0 - cols.start, r1 - r0, kpos.numel(), self.q.dtype, self.q.device, self.math)
         if key is not None and key in self.cache:
             return self.cache[key]
         tile = self.tile(partial, torch.arange(r0, r1, device=self.q.device), slice(r0, r1), kpos, cols)
@@ -250,7 +257,7 @@ class _Blocks:
                 return
             cols = run[0][2]
             if fold:  # the blocks' columns, one after the other
-                cols = torch.cat([_positions(c, self.q.device) for _, _, c, _ in run])
+                cols = _strided([c for _, _, c, _ in run]) or torch.cat([_positions(c, self.q.device) for _, _, c, _ in run])
             out.append((run[0][0], run[-1][1], cols, [t for *_, t in run], fold))
             run.clear()
 
@@ -280,6 +287,12 @@ class _Blocks:
         if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not self.tiles_want_grad():
             # the backward recomputes each group: nothing per block is kept for it
             return _Recomputed.apply(self.q, self.k, self.v, self, groups)
+        if not wants_grad(self.q, self.k, self.v):  # straight into one buffer, no cat
+            out = self.v.new_empty(*self.q.shape[:-1], self.v.size(-1))  # (B, H, L, Ev)
+            for r0, r1, cols, tiles, fold in groups:
+                out[:, :, r0:r1] = self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None,
+                                              tiles, fold, p)
+            return out
         outs = [self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None, tiles, fold, p)
                 for r0, r1, cols, tiles, fold in groups]
         return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
@@ -308,7 +321,7 @@ class _Blocks:
             first, last = recipes[0], recipes[-1]
             return qr, kg, vg, self.prepared(any(r[0] for r in recipes), first[1], last[2], first[3], first[4])
         g, B = len(recipes), qr.size(0)
-        lq, lk = qr.size(-2) // g, kg.size(-2) // g
+        lq, lk = qr.size(-2) // g, kg.size(-2) if kg.dim() == 5 else kg.size(-2) // g
         tiles = [self.prepared(*recipe) for recipe in recipes]  # built now, dropped after the call
         if self.math:
             tile = _stacked(tiles, B, lq, lk, none=True)
@@ -447,6 +460,8 @@ class _Recomputed(torch.autograd.Function):
                 with torch.enable_grad():
                     o = run.group(qr, kg, vg, False, recipes, fold, 0.0)
                     gq, gk, gv = torch.autograd.grad(o, (qr, kg, vg), go, create_graph=higher)
+            if gk.dim() == 5:  # grads of Strided views (B, g, H, lk, E) -> (B, H, g·lk, E)
+                gk, gv = (t.transpose(1, 2).reshape(t.size(0), t.size(2), -1, t.size(-1)) for t in (gk, gv))
             idx = _positions(cols, q.device)
             if higher:  # out of place: the sums stay differentiable
                 dq = dq.index_add(-2, torch.arange(r0, r1, device=q.device), gq)
@@ -463,7 +478,9 @@ class _Recomputed(torch.autograd.Function):
 
 
 def _fold(x: Tensor, g: int) -> Tensor:
-    """(B, H, g·l, E) -> (B·g, H, l, E): g blocks of rows become batch elements."""
+    """(B, H, g·l, E) (or spans (B, g, H, l, E)) -> (B·g, H, l, E): g blocks become batch elements."""
+    if x.dim() == 5:
+        return x.reshape(-1, *x.shape[2:])
     B, H, R, E = x.shape
     return x.reshape(B, H, g, R // g, E).transpose(1, 2).reshape(B * g, H, R // g, E)
 
@@ -474,15 +491,36 @@ def _unfold(x: Tensor, B: int, g: int) -> Tensor:
     return x.reshape(B, g, H, n, E).transpose(1, 2).reshape(B, H, g * n, E)
 
 
-def _gather(k: Tensor, v: Tensor, cols: slice | Tensor | None) -> tuple[Tensor, Tensor]:
-    """Keys and values at `cols` (a view for a slice; gathered for an index tensor)."""
+def _gather(k: Tensor, v: Tensor, cols: slice | Tensor | Strided | None) -> tuple[Tensor, Tensor]:
+    """Keys and values at `cols`: a view for a slice, (B, g, H, lk, E) views for `Strided`
+    spans, gathered (B, H, n, E) for an index tensor."""
     if cols is None:
         return k[:, :, :0], v[:, :, :0]
+    if isinstance(cols, Strided):
+        return cols.view(k), cols.view(v)
     return _take(k, -2, cols), _take(v, -2, cols)
 
 
-def _positions(cols: slice | Tensor, device: torch.device) -> Tensor:
+def _positions(cols: slice | Tensor | Strided, device: torch.device) -> Tensor:
+    """The key positions of `cols`, block after block."""
+    if isinstance(cols, Strided):
+        starts = torch.arange(cols.count, device=device)[:, None] * cols.step + cols.start  # (g, 1)
+        return (starts + torch.arange(cols.length, device=device)).reshape(-1)  # (g·lk,)
     return torch.arange(cols.start, cols.stop, device=device) if isinstance(cols, slice) else cols
+
+
+class Strided:
+    """The key spans of g query blocks: `length` keys from `start + t·step`, t = 0..g-1."""
+
+    def __init__(self, start: int, step: int, length: int, count: int) -> None:
+        self.start, self.step, self.length, self.count = start, step, length, count
+
+    def view(self, x: Tensor) -> Tensor:
+        """x (B, H, S, E) -> the spans (B, g, H, length, E), overlapping views of x."""
+        B, H, _, E = x.shape
+        sb, sh, ss, se = x.stride()
+        return x.as_strided((B, self.count, H, self.length, E), (sb, self.step * ss, sh, ss, se),
+                            x.storage_offset() + self.start * ss)
 
 
 def _length(cols: slice | Tensor) -> int:
@@ -510,3 +548,14 @@ def _same(a: slice | Tensor, b: slice | Tensor) -> bool:
     if isinstance(a, slice) and isinstance(b, slice):
         return a == b
     return a is b
+
+
+def _strided(cols: list) -> Strided | None:
+    """The key spans of a batched group as one `Strided` when they are equally spaced
+    slices (a window's blocks): then the keys are a view, not a gathered copy."""
+    if not all(isinstance(c, slice) for c in cols):
+        return None
+    step = cols[1].start - cols[0].start
+    if step <= 0 or any(b.start - a.start != step for a, b in zip(cols, cols[1:])):
+        return None
+    return Strided(cols[0].start, step, cols[0].stop - cols[0].start, len(cols))

@@ -10,6 +10,8 @@ includes building its mask or bias, which is the memory its method needs.
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -181,12 +183,14 @@ def _flex(ctx: Context, s: dict[str, Any]) -> list[Row]:
 
     def flex(fn: Callable) -> Callable[[], None]:
         def call() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # eager flex: "use torch.compile" (measured on purpose)
                 fn(q, k, v, block_mask=block_mask)
         return call
 
     shape = _fmt(B=s["B"], H=s["H"], N=N, hs=s["hs"])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         diff = (flex_attention(q, k, v, block_mask=block_mask) - scaled_dot_product_attention(q, k, v, mask=mask))
     rows = []
     a, r = ctx.compare(ours, flex(flex_attention), **_slow(ctx))
@@ -194,8 +198,6 @@ def _flex(ctx: Context, s: dict[str, Any]) -> list[Row]:
                     reference_name="torch flex_attention, eager, create_block_mask of the same mask",
                     extra={"max_abs_diff": diff.abs().max().item()}))
     if s["flex_compile"]:
-        import time
-
         compiled = torch.compile(flex_attention)
         t0 = time.perf_counter()
         flex(compiled)()  # compiles
