@@ -21,16 +21,16 @@ the scores of that block: ALiBi's `-slope * (i - j)` or a T5 relative bias witho
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as _functional
+from ._blockgrad import Blockwise, Strided, _fold, _gather, _positions, _take, _unfold
+from ._blockweights import block_weights
 from ._fused_autograd import fused_attention, math_attention, needs_math, wants_grad
 from ._masked import _zero_hidden_keys
 from ._weights import RowIndex, _row_index
@@ -52,7 +52,6 @@ _BLOCK_KV = 64
 _GROUP_SCORES = 1 << 21
 # A relative mask (windows, causal) keeps its tiles, by diagonal offset, up to this many.
 _CACHED_TILES = 256
-_FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
 def block_attention(
@@ -115,12 +114,12 @@ def structured_sdpa(
     run = _Blocks(q, k, v, mask, score_bias, attn_mask, scale, block_q, block_kv)
 
     if need_weights and dropout_p > 0.0:  # dropout acts on the returned weights, as in torch
-        out, weights = run.weights(None, dropout_p, average_heads, with_output=True)
+        out, weights = block_weights(run, None, dropout_p, average_heads, with_output=True)
         if weights_for is not None:
             weights = weights[..., _row_index(weights_for, run.L, q.device), :]
     else:
         out = run.output(dropout_p)
-        weights = run.weights(weights_for, 0.0, average_heads, with_output=False)[1] if need_weights else None
+        weights = block_weights(run, weights_for, 0.0, average_heads, with_output=False)[1] if need_weights else None
     out = out.reshape(*lead, *out.shape[-2:])  # (*, L, Ev)
     if weights is None:
         return out
@@ -286,7 +285,7 @@ class _Blocks:
         groups = self.groups()
         if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not self.tiles_want_grad():
             # the backward recomputes each group: nothing per block is kept for it
-            return _Recomputed.apply(self.q, self.k, self.v, self, groups)
+            return Blockwise.apply(self.q, self.k, self.v, self, groups)
         if not wants_grad(self.q, self.k, self.v):  # straight into one buffer, no cat
             out = self.v.new_empty(*self.q.shape[:-1], self.v.size(-1))  # (B, H, L, Ev)
             for r0, r1, cols, tiles, fold in groups:
@@ -329,64 +328,6 @@ class _Blocks:
             tile = (_stacked([t[0] for t in tiles], B, lq, lk), _stacked([t[1] for t in tiles], B, lq, 1, none=False))
         return _fold(qr, g), _fold(kg, g), _fold(vg, g), tile
 
-    # ------------------------------------------------------------------ the weights pass
-    def weights(self, rows: RowIndex, p: float, average: bool, with_output: bool) -> tuple[Tensor | None, Tensor]:
-        """Exact weights (B, H, R, S) (or (B, R, S) averaged) of the chosen rows, and with
-        `with_output` (all rows) the output `dropout(weights) @ value` (B, H, L, Ev)."""
-        dev = self.q.device
-        index = None if rows is None else _row_index(rows, self.L, dev)
-        pos = torch.arange(self.L, device=dev) if index is None else index
-        order = None if index is None else torch.sort(pos // self.bq, stable=True).indices
-        sorted_pos = pos if order is None else pos[order]
-        ws, outs, start = [], [], 0
-        for i, group in itertools.groupby((sorted_pos // self.bq).tolist()):
-            n = len(list(group))
-            qpos, start = sorted_pos[start:start + n], start + n  # the chosen rows in query block i
-            sel = slice(int(qpos[0]), int(qpos[-1]) + 1) if index is None else qpos
-            w, o = self._weights_block(i, qpos, sel, p, with_output)
-            ws.append(w.mean(dim=-3) if average else w)
-            outs.append(o)
-        if not ws:
-            shape = (self.B, 0, self.S) if average else (self.B, self.H, 0, self.S)
-            return (self.v.new_zeros(self.B, self.H, 0, self.v.size(-1)) if with_output else None), self.q.new_zeros(shape)
-        w = torch.cat(ws, dim=-2)  # (B, [H,] R, S) in block order
-        if order is not None:
-            w = w.index_select(-2, torch.argsort(order))  # back in the asked order
-        return (torch.cat(outs, dim=-2) if with_output else None), w
-
-    def _weights_block(self, i: int, qpos: Tensor, rows: slice | Tensor, p: float,
-                       with_output: bool) -> tuple[Tensor, Tensor | None]:
-        lq = qpos.numel()
-        found = self.keys(i)
-        if found is None:
-            w = self.q.new_zeros(self.B, self.H, lq, self.S)
-            return w, (self.v.new_zeros(self.B, self.H, lq, self.v.size(-1)) if with_output else None)
-        cols, kpos = found
-        acc = torch.float32 if self.q.dtype in (torch.float16, torch.bfloat16) else self.q.dtype
-        qb = _take(self.q, -2, rows).to(acc)  # (B, H, lq, E)
-        scores = qb @ _take(self.k, -2, cols).to(acc).transpose(-2, -1) * self.scale  # (B, H, lq, lk)
-        tile = self.tile(self.partial[i], qpos, rows, kpos, cols)
-        if tile is not None:
-            scores = scores.masked_fill(~tile, -math.inf) if tile.dtype == torch.bool else scores + tile
-        empty = scores.isneginf().all(dim=-1, keepdim=True)  # (B, H, lq, 1) rows that see nothing
-        w = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-        if p > 0.0:
-            w = F.dropout(w, p=p)
-        out = (w @ _take(self.v, -2, cols).to(acc)).to(self.v.dtype) if with_output else None  # (B, H, lq, Ev)
-        if isinstance(cols, slice):  # spread over all S keys
-            w = F.pad(w, (cols.start, self.S - cols.stop))
-        else:
-            w = w.new_zeros(*w.shape[:-1], self.S).index_copy(-1, cols, w)
-        return w.to(self.q.dtype), out
-
-
-def _take(x: Tensor, dim: int, index: slice | Tensor) -> Tensor:
-    """`x` restricted to `index` (a slice: a view; a tensor: gathered) along `dim`."""
-    if isinstance(index, slice):
-        return x.narrow(dim, index.start, index.stop - index.start)
-    return x.index_select(dim, index)
-
-
 def _opened(tile: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
     """A tile for the fused kernel: (float mask with the rows that see nothing opened, those
     rows (B|1, H|1, lq, 1) or None when every row sees a key). Few ops: each one is a
@@ -401,126 +342,6 @@ def _opened(tile: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, Ten
     if bool(seen.all()):
         return tile, None
     return tile.masked_fill(~seen, 0.0), ~seen
-
-
-class _Recomputed(torch.autograd.Function):
-    """The blockwise output with a backward that recomputes one group of blocks at a time.
-
-    Autograd through the blocks would keep every block's inputs and, worse, send each
-    block's key/query gradient back through a slice of the whole tensor (a full-size
-    zero tensor per block: O(L·S) traffic). Here the backward writes each group's
-    gradients straight into dq, dk, dv; with `create_graph=True` it builds them from
-    differentiable ops on the saved inputs instead.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, run, groups):  # type: ignore[override]
-        out = v.new_empty(*q.shape[:-1], v.size(-1))  # (B, H, L, Ev)
-        lses: list[Tensor | None] = []  # per group: the CPU flash kernel's log-sum-exp, or None: recompute
-        with torch.no_grad():
-            for r0, r1, cols, recipes, fold in groups:
-                qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
-                lse = None
-                if cols is not None and q.device.type == "cpu":
-                    q4, k4, v4, (fmask, empty) = run.kernel_inputs(qr, kg, vg, recipes, fold)
-                    if empty is None and torch._fused_sdp_choice(q4, k4, v4, fmask, 0.0, False,
-                                                                 scale=run.scale) == _FLASH:
-                        o4, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                            q4, k4, v4, 0.0, False, attn_mask=fmask, scale=run.scale)
-                        out[:, :, r0:r1] = _unfold(o4, q.size(0), len(recipes)) if fold else o4
-                if lse is None:
-                    out[:, :, r0:r1] = run.group(qr, kg, vg, cols is None, recipes, fold, 0.0)
-                lses.append(lse)
-        ctx.run, ctx.groups, ctx.lses = run, groups, lses
-        ctx.save_for_backward(q, k, v, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        q, k, v, out = ctx.saved_tensors
-        run = ctx.run
-        higher = torch.is_grad_enabled()  # create_graph=True: differentiable gradients
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for (r0, r1, cols, recipes, fold), lse in zip(ctx.groups, ctx.lses):
-            if cols is None:
-                continue
-            qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
-            go = grad_out[:, :, r0:r1]
-            if lse is not None and not higher:  # the kernel's own backward, no second forward
-                q4, k4, v4, (fmask, _) = run.kernel_inputs(qr, kg, vg, recipes, fold)
-                g, B = len(recipes), q.size(0)
-                o4, go4 = (_fold(out[:, :, r0:r1], g), _fold(go, g)) if fold else (out[:, :, r0:r1], go)
-                gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                    go4.contiguous(), q4, k4, v4, o4, lse, 0.0, False, attn_mask=fmask, scale=run.scale)
-                if fold:
-                    gq, gk, gv = _unfold(gq, B, g), _unfold(gk, B, g), _unfold(gv, B, g)
-            else:  # recompute the group's forward, then its backward
-                if not higher:
-                    qr, kg, vg = (t.detach().requires_grad_() for t in (qr, kg, vg))
-                with torch.enable_grad():
-                    o = run.group(qr, kg, vg, False, recipes, fold, 0.0)
-                    gq, gk, gv = torch.autograd.grad(o, (qr, kg, vg), go, create_graph=higher)
-            if gk.dim() == 5:  # grads of Strided views (B, g, H, lk, E) -> (B, H, g·lk, E)
-                gk, gv = (t.transpose(1, 2).reshape(t.size(0), t.size(2), -1, t.size(-1)) for t in (gk, gv))
-            idx = _positions(cols, q.device)
-            if higher:  # out of place: the sums stay differentiable
-                dq = dq.index_add(-2, torch.arange(r0, r1, device=q.device), gq)
-                dk, dv = dk.index_add(-2, idx, gk), dv.index_add(-2, idx, gv)
-            else:
-                dq[:, :, r0:r1] = gq
-                if isinstance(cols, slice):
-                    dk[:, :, cols] += gk
-                    dv[:, :, cols] += gv
-                else:
-                    dk.index_add_(-2, idx, gk)
-                    dv.index_add_(-2, idx, gv)
-        return dq, dk, dv, None, None
-
-
-def _fold(x: Tensor, g: int) -> Tensor:
-    """(B, H, g·l, E) (or spans (B, g, H, l, E)) -> (B·g, H, l, E): g blocks become batch elements."""
-    if x.dim() == 5:
-        return x.reshape(-1, *x.shape[2:])
-    B, H, R, E = x.shape
-    return x.reshape(B, H, g, R // g, E).transpose(1, 2).reshape(B * g, H, R // g, E)
-
-
-def _unfold(x: Tensor, B: int, g: int) -> Tensor:
-    """(B·g, H, l, E) -> (B, H, g·l, E), the inverse of `_fold`."""
-    _, H, n, E = x.shape
-    return x.reshape(B, g, H, n, E).transpose(1, 2).reshape(B, H, g * n, E)
-
-
-def _gather(k: Tensor, v: Tensor, cols: slice | Tensor | Strided | None) -> tuple[Tensor, Tensor]:
-    """Keys and values at `cols`: a view for a slice, (B, g, H, lk, E) views for `Strided`
-    spans, gathered (B, H, n, E) for an index tensor."""
-    if cols is None:
-        return k[:, :, :0], v[:, :, :0]
-    if isinstance(cols, Strided):
-        return cols.view(k), cols.view(v)
-    return _take(k, -2, cols), _take(v, -2, cols)
-
-
-def _positions(cols: slice | Tensor | Strided, device: torch.device) -> Tensor:
-    """The key positions of `cols`, block after block."""
-    if isinstance(cols, Strided):
-        starts = torch.arange(cols.count, device=device)[:, None] * cols.step + cols.start  # (g, 1)
-        return (starts + torch.arange(cols.length, device=device)).reshape(-1)  # (g·lk,)
-    return torch.arange(cols.start, cols.stop, device=device) if isinstance(cols, slice) else cols
-
-
-class Strided:
-    """The key spans of g query blocks: `length` keys from `start + t·step`, t = 0..g-1."""
-
-    def __init__(self, start: int, step: int, length: int, count: int) -> None:
-        self.start, self.step, self.length, self.count = start, step, length, count
-
-    def view(self, x: Tensor) -> Tensor:
-        """x (B, H, S, E) -> the spans (B, g, H, length, E), overlapping views of x."""
-        B, H, _, E = x.shape
-        sb, sh, ss, se = x.stride()
-        return x.as_strided((B, self.count, H, self.length, E), (sb, self.step * ss, sh, ss, se),
-                            x.storage_offset() + self.start * ss)
 
 
 def _length(cols: slice | Tensor) -> int:
