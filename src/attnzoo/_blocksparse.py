@@ -7,14 +7,17 @@ weights (B, H, R, S) for R chosen query rows. Mask polarity: True = may attend (
 structured mask and a bool `attn_mask` alike; a float `attn_mask` is added).
 
 For each block of `block_q` query rows the mask's block map (`attnzoo.masks`) names the
-key blocks that are not `EMPTY`; their keys (a slice when they are contiguous, gathered
-otherwise) go to torch's fused kernel in one call, with a small bool tile built only when
-some block is `PARTIAL` (or a float tile when a score bias or float mask is given). The
-autograd graph is the per-block kernels', so the backward also stays O(visible). Rows that
-may attend to nothing give 0 output, 0 weights and finite (zero) gradients.
+key blocks that are not `EMPTY`; the block's visible keys (a slice when contiguous,
+gathered otherwise) go to torch's fused kernel, with a small tile built only when some
+block is `PARTIAL` (a float tile when a score bias or float mask is given). Consecutive
+blocks that see the same keys run as one longer block, and blocks that see equally
+spaced spans of keys (a window) are batched into one call over strided views of the keys:
+a few kernel calls of at most `_GROUP_SCORES` scores each. The backward
+(`attnzoo._blockgrad`) runs group by group as well, so time and memory stay O(visible
+scores). Rows that may attend to nothing give 0 output, 0 weights and zero gradients.
 
 `score_bias(q_idx, kv_idx)` gets long tensors `q_idx (lq, 1)` and `kv_idx (1, lk)` of
-absolute positions and returns a float `(H or 1, lq, lk)` (or `(lq, lk)`) tile added to
+absolute positions and returns a finite float `(H or 1, lq, lk)` (or `(lq, lk)`) tile added to
 the scores of that block: ALiBi's `-slope * (i - j)` or a T5 relative bias without any
 (H, L, S) tensor.
 """
@@ -49,7 +52,7 @@ _BLOCK_KV = 64
 # Consecutive query blocks that see as many keys are batched into one kernel call of at
 # most this many scores (each call is a round of the thread pool; the gathered keys of a
 # call are a copy, so the calls stay modest).
-_GROUP_SCORES = 1 << 21
+_GROUP_SCORES = 1 << 23
 # A relative mask (windows, causal) keeps its tiles, by diagonal offset, up to this many.
 _CACHED_TILES = 256
 
