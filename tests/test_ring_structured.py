@@ -8,6 +8,7 @@ skip counts a dense (L, L) mask written here.
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 
@@ -16,10 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from attnzoo.distributed import RING_STATS, ShardLayout, reset_ring_stats, ring_attention, shard
+from attnzoo import MultiHeadAttention
+from attnzoo.distributed import RING_STATS, ShardLayout, context_parallel, reset_ring_stats, ring_attention, shard
 from attnzoo.functional import scaled_dot_product_attention
 from attnzoo.masks import causal, documents, sinks, sliding_window
-from attnzoo.positions import RotaryEmbedding, alibi_bias, alibi_slopes
+from attnzoo.positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
 
 F64 = 1e-10
 WORLD, B, H, HKV, L, HS = 2, 2, 4, 2, 16, 8
@@ -109,12 +111,65 @@ def _errors(rank: int) -> dict:
     return out
 
 
+def _module_case(rank: int) -> dict:
+    """context_parallel: a module with RoPE, ALiBi and a frozen T5 bias under a structured mask
+    vs the same projections and a float64 functional call on the whole sequence."""
+    torch.manual_seed(0)
+    E = 16
+    mha = MultiHeadAttention(E, H, num_kv_heads=HKV, dtype=torch.float64)
+    mha.rotary = RotaryEmbedding(E // H)  # the options MultiHeadAttention's positions set
+    mha.alibi = True
+    mha.relative_bias = RelativePositionBias(H).double().requires_grad_(False)
+    cp = context_parallel(copy.deepcopy(mha))
+    mask = documents(DOC_IDS) & sliding_window(6)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, L, E, generator=g, dtype=torch.float64)
+    w = torch.randn(B, L, E, generator=g, dtype=torch.float64)
+
+    xr = x.clone().requires_grad_()
+    q, k, v = mha.project_qkv(xr)  # (B, H, L, hs), (B, Hkv, L, hs) ×2
+    q, k = mha.rotary.rotate(q), mha.rotary.rotate(k)  # positions 0 .. L-1
+
+    def bias(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return _alibi(q_idx, kv_idx) + mha.relative_bias(q_idx[:, 0], kv_idx[0])  # (H, lq, lk)
+
+    ref = scaled_dot_product_attention(q, k, v, mask=mask, score_bias=bias, enable_gqa=True)  # (B, H, L, hs)
+    ref = mha.out_proj(ref.transpose(1, 2).reshape(B, L, E))  # (B, L, E)
+    (ref * w).sum().backward()
+
+    xl = shard(x)[0].requires_grad_()
+    out, _ = cp(xl, mask=mask)
+    (out * shard(w)[0]).sum().backward()
+    for p in cp.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+    errors = {}
+    try:
+        cp(xl, positions=torch.arange(L // WORLD))
+    except ValueError as e:
+        errors["positions"] = str(e)
+    cp.relative_bias.requires_grad_(True)
+    try:
+        cp(xl, mask=mask)
+    except ValueError as e:
+        errors["relative_bias"] = str(e)
+    trained = [(a, b) for a, b in zip(cp.parameters(), mha.parameters()) if b.grad is not None]
+    return {
+        "out": (out.detach() - shard(ref.detach())[0]).abs().max().item(),
+        "dx": (xl.grad - shard(xr.grad)[0]).abs().max().item(),
+        "dparams": max((a.grad - b.grad).abs().max().item() for a, b in trained),
+        "nparams": len(trained), "trainable": sum(p.requires_grad for p in mha.parameters()),
+        "errors": errors,
+    }
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         res = {name: _case(rank, *args) for name, args in CASES.items()}
         res["errors"] = _errors(rank)
+        res["module"] = _module_case(rank)
         with open(f"{out_dir}/{rank}.json", "w") as fh:
             json.dump(res, fh)
     finally:
@@ -175,6 +230,15 @@ def test_nothing_is_skipped_without_a_mask(results):
     for res in results:
         assert res["alibi_causal"]["skipped_steps"] == 0
         assert res["rope_causal"]["skipped_steps"] == 0
+
+
+def test_context_parallel_module_with_positions_and_mask_equals_one_process(results):
+    for res in results:
+        r = res["module"]
+        assert max(r["out"], r["dx"], r["dparams"]) <= F64, r
+        assert r["nparams"] == r["trainable"] >= 4  # every projection's weight and bias, not the frozen bias
+        assert r["errors"]["positions"].startswith("positions must be None under context parallelism")
+        assert r["errors"]["relative_bias"].startswith("relative_bias cannot be trained under context parallelism")
 
 
 @pytest.mark.parametrize("name, expected", [
