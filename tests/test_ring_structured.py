@@ -88,6 +88,31 @@ def _case(rank: int, mask, bias, is_causal: bool, zigzag: bool, rope: bool) -> d
             "skipped_steps": stats["skipped_steps"], "finite": bool(out.isfinite().all())}
 
 
+def _sweep(rank: int) -> dict:
+    """Forward only, many windows (± sinks), both layouts: the largest error, and every
+    (window, layout) whose skip count differs from a dense mask's hidden blocks."""
+    q, k, v, _ = _inputs()
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]  # (L, 1), (1, L)
+    worst, wrong = 0.0, []
+    for left in (0, 2, 5, 9):
+        for right in (0, 1, 4):
+            for n in (0, 3):
+                for zigzag in (True, False):
+                    mask = sliding_window(left, right) | sinks(n) if n else sliding_window(left, right)
+                    dense = ((j >= i - left) & (j <= i + right)) | (j < n)  # (L, L) True = may attend
+                    layout = ShardLayout(L, WORLD, zigzag)
+                    ref = scaled_dot_product_attention(q, k, v, mask=mask, enable_gqa=True)
+                    local = [shard(t, dim=2, zigzag=zigzag)[0] for t in (q, k, v)]
+                    reset_ring_stats()
+                    out = ring_attention(*local, layout, mask=mask)
+                    worst = max(worst, (out - shard(ref, dim=2, zigzag=zigzag)[0]).abs().max().item())
+                    hidden = sum(not dense[qa:qb, ka:kb].any() for qa, qb in layout.chunks(rank)
+                                 for src in range(WORLD) for ka, kb in layout.chunks(src))
+                    if RING_STATS["skipped_blocks"] != hidden:
+                        wrong.append((left, right, n, zigzag, RING_STATS["skipped_blocks"], hidden))
+    return {"worst": worst, "wrong_skips": wrong}
+
+
 def _errors(rank: int) -> dict:
     """The message of each bad call (every rank raises before sending anything)."""
     q, k, v, _ = _inputs()
@@ -170,6 +195,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         res = {name: _case(rank, *args) for name, args in CASES.items()}
         res["errors"] = _errors(rank)
         res["module"] = _module_case(rank)
+        res["sweep"] = _sweep(rank)
         with open(f"{out_dir}/{rank}.json", "w") as fh:
             json.dump(res, fh)
     finally:
@@ -220,6 +246,11 @@ def test_blocks_the_window_hides_are_skipped_and_counted(results, case):
     assert total > 0
     if not zigzag:  # rank 0 holds positions 0..7: rank 1's keys 8..15 are all in its future
         assert [res[case]["skipped_steps"] for res in results] == [1, 0]
+
+
+def test_many_windows_and_sinks_equal_one_process_and_skip_exactly_the_hidden_blocks(results):
+    for res in results:
+        assert res["sweep"]["worst"] <= F64 and res["sweep"]["wrong_skips"] == [], res["sweep"]
 
 
 def test_rope_needs_the_global_positions(results):
