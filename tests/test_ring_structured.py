@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from attnzoo import MultiHeadAttention
 from attnzoo.distributed import RING_STATS, ShardLayout, context_parallel, reset_ring_stats, ring_attention, shard
 from attnzoo.functional import scaled_dot_product_attention
-from attnzoo.masks import causal, documents, sinks, sliding_window
+from attnzoo.masks import causal, documents, mask_mod, sinks, sliding_window
 from attnzoo.positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
 
 F64 = 1e-10
@@ -33,6 +33,10 @@ def _alibi(q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
     return alibi_bias(SLOPES, q_idx[:, 0], kv_idx[0])  # (H, lq, lk)
 
 
+def _head_windows(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+    return (kv_idx <= q_idx) & (q_idx - kv_idx <= 1 + 3 * h) & (b >= 0)  # head h: a window of 2 + 3h keys
+
+
 # name: (structured mask, score bias, is_causal, zigzag, rope)
 CASES = {
     "window_sinks": (sliding_window(3) | sinks(2), None, False, True, False),
@@ -42,6 +46,7 @@ CASES = {
     "alibi_causal": (None, _alibi, True, True, False),
     "alibi_window": (sliding_window(5), _alibi, False, True, False),
     "rope_causal": (None, None, True, True, True),
+    "head_windows": (mask_mod(_head_windows), None, False, True, False),
     "small_window": (sliding_window(1), None, False, True, False),
     "small_window_contiguous": (sliding_window(1), None, False, False, False),
 }
