@@ -88,7 +88,8 @@ def _case(rank: int, mask, bias, is_causal: bool, zigzag: bool, rope: bool) -> d
     if rope:
         with torch.no_grad():
             local_rope = err(ring_attention(rot.rotate(ql), rot.rotate(kl), vl, layout, is_causal=is_causal), ref)
-    return {"local_rope": local_rope, "out": err(out.detach(), ref.detach()), "dq": err(ql.grad, qf.grad), "dk": err(kl.grad, kf.grad),
+    return {"local_rope": local_rope, "out": err(out.detach(), ref.detach()), "dq": err(ql.grad, qf.grad),
+            "dk": err(kl.grad, kf.grad),
             "dv": err(vl.grad, vf.grad), "skipped_blocks": stats["skipped_blocks"],
             "skipped_steps": stats["skipped_steps"], "finite": bool(out.isfinite().all())}
 
@@ -242,7 +243,8 @@ def test_blocks_the_window_hides_are_skipped_and_counted(results, case):
         blocks = steps = 0
         for step in range(WORLD):
             src = (rank - step) % WORLD
-            hidden = [not allowed[qa:qb, ka:kb].any() for qa, qb in layout.chunks(rank) for ka, kb in layout.chunks(src)]
+            hidden = [not allowed[qa:qb, ka:kb].any()
+                      for qa, qb in layout.chunks(rank) for ka, kb in layout.chunks(src)]
             blocks += sum(hidden)
             steps += all(hidden)
         assert res[case]["skipped_blocks"] == blocks, (rank, res[case])
