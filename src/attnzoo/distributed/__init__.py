@@ -3,7 +3,8 @@
 Built on ``torch.distributed`` point-to-point ops (any backend: gloo on CPU, NCCL on GPU);
 it does not use PyTorch's experimental ``torch.distributed.tensor.experimental.context_parallel``.
 
-* `ring_attention` (ring.py): the exact sharded attention, forward and backward.
+* `ring_attention` (ring.py): the exact sharded attention, forward and backward; structured
+  masks and score biases at global positions (blocks.py plans each ring step's blocks).
 * `shard`, `unshard`, `ShardLayout` (zigzag.py): who holds which positions.
 * `context_parallel` (module.py): switch a model's attnzoo attention to the ring.
 

@@ -17,6 +17,13 @@ rank's part only:
 * ``attn_mask`` (N, Lp) or (B·H, N, Lp): this shard's query rows, all key columns in
   global order (`shard_attn_mask` builds it).
 * ``is_causal=True``: causal in global positions.
+* ``mask``: a structured mask (`attnzoo.masks`, True = may attend) over the GLOBAL
+  positions of the whole padded sequence (`ring_attention`'s ``mask``).
+
+Positions: a module with ``rotary`` (a `RotaryEmbedding`) rotates q and k at this
+rank's GLOBAL positions (`ShardLayout.positions`); ``alibi=True`` and a
+``relative_bias`` (inference only: it gets no gradient through the ring) add their bias
+at global positions too. ``positions=`` must stay None: the layout fixes them.
 
 Cross-attention (a ``key`` that is not the query) is not sharded: every rank passes the
 whole memory and the module attends from its local queries as usual. Not supported
@@ -33,6 +40,9 @@ from torch import Tensor, nn
 from ..attention import MultiHeadAttention
 from .._mha_layout import _batch_first_inputs
 from ..functional import RowIndex
+from ..masks import StructuredMask
+from ..positions import alibi_bias, alibi_slopes
+from .blocks import ScoreBias
 from .ring import ring_attention
 from .zigzag import ShardLayout
 
@@ -49,12 +59,17 @@ class ContextParallelMixin:
         self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
         key_padding_mask: Tensor | None = None, need_weights: bool = False, attn_mask: Tensor | None = None,
         average_attn_weights: bool = True, is_causal: bool = False, weights_for: RowIndex = None,
+        *, mask: StructuredMask | None = None, positions: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:  # MultiHeadAttention.forward's (and torch's) argument order
         mha: MultiHeadAttention = self  # type: ignore[assignment]
         if (key is not None and key is not query) or (value is not None and value is not query):
+            extra = {n: a for n, a in (("mask", mask), ("positions", positions)) if a is not None}
             return MultiHeadAttention.forward(  # cross-attention: the memory is not sharded
                 mha, query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
-                need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for)
+                need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for, **extra)
+        if positions is not None:
+            raise ValueError("positions must be None under context parallelism (each rank's global positions "
+                             "come from its ShardLayout)")
         if need_weights:
             raise ValueError("need_weights=True is not supported under context parallelism")
         if mha.training and mha.dropout > 0:
@@ -70,25 +85,50 @@ class ContextParallelMixin:
         if key_padding_mask is not None:
             _check_bool("key_padding_mask", key_padding_mask, (B, N))
             key_mask = ~key_padding_mask  # (B, N) True = may attend
-        mask = None
+        dense = None
         if attn_mask is not None:
             H, Lp = mha.num_heads, layout.length
             if attn_mask.dim() == 2:
                 _check_bool("attn_mask", attn_mask, (N, Lp), (B * H, N, Lp))
-                mask = ~attn_mask.view(1, 1, N, Lp)
+                dense = ~attn_mask.view(1, 1, N, Lp)
             else:
                 _check_bool("attn_mask", attn_mask, (B * H, N, Lp), (N, Lp))
-                mask = ~attn_mask.view(B, H, N, Lp)
+                dense = ~attn_mask.view(B, H, N, Lp)
 
         q, k, v = mha.project_qkv(x)  # (B, H, N, hs), (B, Hkv, N, hs) ×2
+        rotary = getattr(mha, "rotary", None)
+        if rotary is not None:  # at this rank's GLOBAL positions
+            pos = layout.positions(dist.get_rank(self.cp_group), q.device)  # (N,)
+            q, k = rotary.rotate(q, pos), rotary.rotate(k, pos)
         out = ring_attention(q, k, v, layout, group=self.cp_group, is_causal=is_causal, key_mask=key_mask,
-                             attn_mask=mask)  # (B, H, N, hs)
+                             attn_mask=dense, mask=mask, score_bias=_score_bias(mha, q.dtype))  # (B, H, N, hs)
         out = mha.out_proj(out.transpose(1, 2).reshape(B, N, mha.embed_dim))  # (B, N, E)
         if unbatched:
             out = out.squeeze(0)
         elif not mha.batch_first:
             out = out.transpose(0, 1)  # (N, B, E)
         return out, None
+
+
+def _score_bias(mha: MultiHeadAttention, dtype: torch.dtype) -> ScoreBias | None:
+    """The module's ALiBi and T5 bias as one `score_bias(q_idx (R, 1), kv_idx (1, C))`, or None."""
+    alibi, relative = getattr(mha, "alibi", False), getattr(mha, "relative_bias", None)
+    if relative is not None and torch.is_grad_enabled() and any(p.requires_grad for p in relative.parameters()):
+        raise ValueError("relative_bias cannot be trained under context parallelism (the ring gives it no "
+                         "gradient): freeze it (requires_grad_(False)) or run under torch.no_grad()")
+    if not alibi and relative is None:
+        return None
+    slopes = alibi_slopes(mha.num_heads, dtype=dtype) if alibi else None
+
+    def bias(q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        t = 0.0
+        if slopes is not None:
+            t = alibi_bias(slopes.to(q_idx.device), q_idx[:, 0], kv_idx[0])  # (H, R, C)
+        if relative is not None:
+            t = t + relative(q_idx[:, 0], kv_idx[0]).to(dtype)  # (H, R, C)
+        return t
+
+    return bias
 
 
 def _check_bool(name: str, mask: object, shape: tuple, *other: tuple) -> None:

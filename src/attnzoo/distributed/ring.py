@@ -20,6 +20,10 @@ Masks (functional polarity, bool True = may attend):
 * ``key_mask`` (B, N): this rank's keys; it travels round the ring with them.
 * ``attn_mask`` (B or 1, H or 1, N, Lp): this rank's query rows, every key column in
   global order.
+* ``mask``: a structured mask (`attnzoo.masks`), evaluated at GLOBAL positions; blocks it
+  hides entirely are skipped (`attnzoo.distributed.blocks`).
+
+``score_bias(q_idx, kv_idx)`` adds a float tile to the scores, at GLOBAL positions too.
 
 A row that may attend to nothing gives 0 output and zero gradients (no NaN). GQA:
 ``H`` a multiple of ``Hkv``; query head h uses key/value head h // (H // Hkv).
@@ -33,6 +37,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .._blocksparse import check_structured
+from ..masks import StructuredMask
+from .blocks import RingBlocks, ScoreBias, bias_tile
 from .zigzag import ShardLayout
 
 __all__ = ["ring_attention", "RING_STATS", "reset_ring_stats"]
@@ -40,12 +47,14 @@ __all__ = ["ring_attention", "RING_STATS", "reset_ring_stats"]
 # At most this many scores at once (all batch and head dims together).
 _BLOCK_ELEMENTS = 1 << 21
 # What this process sent round the ring since the last reset_ring_stats().
-RING_STATS = {"bytes_sent": 0, "messages": 0}
+# skipped_blocks: (query chunk × key chunk) blocks the masks hide entirely, not computed;
+# skipped_steps: ring steps on which this rank computed nothing (forward passes only).
+RING_STATS = {"bytes_sent": 0, "messages": 0, "skipped_blocks": 0, "skipped_steps": 0}
 
 
 def reset_ring_stats() -> None:
     """Zero `RING_STATS`."""
-    RING_STATS.update(bytes_sent=0, messages=0)
+    RING_STATS.update(bytes_sent=0, messages=0, skipped_blocks=0, skipped_steps=0)
 
 
 class _Ring:
@@ -111,46 +120,11 @@ def _rows_per_block(B: int, H: int, N: int, hs: int) -> int:
     return max(1, min(2 * hs, _BLOCK_ELEMENTS // (B * H * N)))
 
 
-def _blocks(layout: ShardLayout, rank: int, src: int, causal: bool, rows_per: int):
-    """Yield the blocks to compute: (local rows, local keys, global keys, global rows or None).
-
-    The last item is the block's global query range where the causal mask cuts through it,
-    None where every key is visible. Keys after a block's last query are left out, so
-    blocks the causal mask hides entirely are skipped and diagonal ones are trimmed.
-    """
-    q_off = 0
-    for qa, qb in layout.chunks(rank):
-        k_off = 0
-        for ka, kb in layout.chunks(src):
-            for r0 in range(qa, qb, rows_per):
-                r1 = min(qb, r0 + rows_per)
-                kend = min(kb, r1) if causal else kb  # keys after the last query row are hidden
-                if kend > ka:
-                    diag = (r0, r1) if causal and r0 < kend - 1 else None
-                    yield (q_off + r0 - qa, q_off + r1 - qa), (k_off, k_off + kend - ka), (ka, kend), diag
-            k_off += kb - ka
-        q_off += qb - qa
-
-
-def _allowed(key_mask: Tensor | None, attn_mask: Tensor | None, rows: tuple[int, int], keys: tuple[int, int],
-             gkeys: tuple[int, int], diag: tuple[int, int] | None, device: torch.device) -> Tensor | None:
-    """Bool (..., R, C) True = may attend for one block, broadcastable to (B, Hkv, G, R, C)."""
-    allowed = None
-    if diag is not None:  # the query at global position p sees keys 0..p
-        allowed = torch.arange(*diag, device=device)[:, None] >= torch.arange(*gkeys, device=device)  # (R, C)
-    if key_mask is not None:
-        km = key_mask[:, None, None, None, keys[0]:keys[1]]  # (B, 1, 1, 1, C)
-        allowed = km if allowed is None else allowed & km
-    if attn_mask is not None:
-        am = attn_mask[..., rows[0]:rows[1], gkeys[0]:gkeys[1]]  # (b, h, g, R, C)
-        allowed = am if allowed is None else allowed & am
-    return allowed
-
-
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None, attn_mask: Tensor | None,
-                layout: ShardLayout, group: dist.ProcessGroup | None, causal: bool, scale: float) -> Tensor:
+                layout: ShardLayout, group: dist.ProcessGroup | None, causal: bool, scale: float,
+                mask: StructuredMask | None, score_bias: ScoreBias | None) -> Tensor:
         ring = _Ring(group)
         B, H, N, hs = q.shape
         Hkv = k.size(1)
@@ -158,30 +132,34 @@ class _RingAttention(torch.autograd.Function):
         acc = torch.zeros_like(qg)  # Σ exp(s - m) v
         m = qg.new_full((B, Hkv, H // Hkv, N, 1), float("-inf"))  # running row max
         l = qg.new_zeros((B, Hkv, H // Hkv, N, 1))  # Σ exp(s - m)
-        rows_per = _rows_per_block(B, H, layout.local_length, hs)
+        plan = RingBlocks(layout, ring.rank, causal, _rows_per_block(B, H, layout.local_length, hs), mask,
+                          score_bias, B, H, Hkv, q.device)
         kv = _pack_kv(k, v, key_mask) if ring.world > 1 else None  # one process: nothing travels
         for step in range(ring.world):
             src = (ring.rank - step) % ring.world
             pending = ring.exchange(kv) if step < ring.world - 1 else None  # overlaps the compute below
-            k_s, v_s, km = _unpack_kv(kv, k.shape) if kv is not None else (k, v, key_mask)
-            for rows, keys, gkeys, diag in _blocks(layout, ring.rank, src, causal, rows_per):
-                r = slice(*rows)
-                _forward_block(qg[..., r, :], k_s[:, :, None, keys[0]:keys[1]], v_s[:, :, None, keys[0]:keys[1]],
-                               _allowed(km, attn_mask, rows, keys, gkeys, diag, q.device), scale,
-                               acc[..., r, :], m[..., r, :], l[..., r, :])
+            blocks, skipped = plan.step(src)
+            RING_STATS["skipped_blocks"] += skipped
+            RING_STATS["skipped_steps"] += not blocks
+            if blocks:  # else every (query, key) pair of this step is hidden: the shard only passes through
+                k_s, v_s, km = _unpack_kv(kv, k.shape) if kv is not None else (k, v, key_mask)
+            for blk in blocks:
+                r, c = slice(*blk.rows), slice(*blk.keys)
+                _forward_block(qg[..., r, :], k_s[:, :, None, c], v_s[:, :, None, c], plan.allowed(blk, km, attn_mask),
+                               plan.bias(blk, q.dtype), scale, acc[..., r, :], m[..., r, :], l[..., r, :])
             if pending is not None:
                 kv = ring.wait(pending)
         empty = l == 0  # rows that may attend to nothing: out 0, lse -inf
         out = (acc / l.masked_fill(empty, 1.0)).masked_fill(empty, 0.0)  # (B, Hkv, G, N, hs)
         lse = m + torch.log(l)  # -inf where empty
         ctx.save_for_backward(q, k, v, out, lse, key_mask, attn_mask)
-        ctx.layout, ctx.group, ctx.causal, ctx.scale = layout, group, causal, scale
+        ctx.group, ctx.scale, ctx.plan = group, scale, plan
         return out.view(B, H, N, hs)
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse, key_mask, attn_mask = ctx.saved_tensors
-        layout, scale = ctx.layout, ctx.scale
+        scale, plan = ctx.scale, ctx.plan
         ring = _Ring(ctx.group)
         B, H, N, hs = q.shape
         Hkv = k.size(1)
@@ -190,38 +168,47 @@ class _RingAttention(torch.autograd.Function):
         D = (do * out).sum(-1, keepdim=True)  # (B, Hkv, G, N, 1)
         lse = lse.masked_fill(lse.isneginf(), 0.0)  # empty rows: every score is -inf, p = 0
         dq = torch.zeros_like(qg)
-        rows_per = _rows_per_block(B, H, layout.local_length, hs)
         kv = _pack_kv(k, v, key_mask) if ring.world > 1 else None  # one process: nothing travels
         travelling = None  # dk/dv accumulators of the shard held, on their way round
         for step in range(ring.world):
             src = (ring.rank - step) % ring.world
             pending = ring.exchange(kv) if step < ring.world - 1 else None
-            k_s, v_s, km = _unpack_kv(kv, k.shape) if kv is not None else (k, v, key_mask)
+            blocks = plan.step(src)[0]
+            if blocks:
+                k_s, v_s, km = _unpack_kv(kv, k.shape) if kv is not None else (k, v, key_mask)
             # The dk/dv accumulators of the shard held: zeros at step 0, else what the previous
             # rank sent at the end of its last step. Waiting for them here (not overlapped)
             # keeps one accumulator per rank instead of three (filling, arriving, leaving).
             grads = k.new_zeros(2 * k.numel()) if travelling is None else ring.wait(travelling)
             travelling = None
             dk, dv = _unpack(grads, k.shape, v.shape)  # (B, Hkv, N, hs) views, added to in place
-            for rows, keys, gkeys, diag in _blocks(layout, ring.rank, src, ctx.causal, rows_per):
-                r, c = slice(*rows), slice(*keys)
+            for blk in blocks:
+                r, c = slice(*blk.rows), slice(*blk.keys)
                 _backward_block(qg[..., r, :], k_s[:, :, None, c], v_s[:, :, None, c], do[..., r, :], D[..., r, :],
-                                lse[..., r, :], _allowed(km, attn_mask, rows, keys, gkeys, diag, q.device), scale,
+                                lse[..., r, :], plan.allowed(blk, km, attn_mask), plan.bias(blk, q.dtype), scale,
                                 dq[..., r, :], dk[:, :, c], dv[:, :, c])
             travelling = ring.exchange(grads, tag=1) if ring.world > 1 else ([], grads)
             if pending is not None:
                 kv = ring.wait(pending)
         grads = ring.wait(travelling)  # back home after P hops: my own shard's dk, dv, complete
         dk, dv = _unpack(grads, k.shape, v.shape)
-        return dq.view(B, H, N, hs), dk, dv, None, None, None, None, None, None
+        return dq.view(B, H, N, hs), dk, dv, None, None, None, None, None, None, None, None
 
 
-def _forward_block(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
-                   acc: Tensor, m: Tensor, l: Tensor) -> None:
-    """Merge one block into the running accumulators, in place (online softmax)."""
+def _scores(q: Tensor, k: Tensor, allowed: Tensor | None, bias: Tensor | None, scale: float) -> Tensor:
+    """q kᵀ · scale + bias, -inf where not allowed: (B, Hkv, G, R, C)."""
     s = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, Hkv, G, R, C); in place from here on
+    if bias is not None:
+        s.add_(bias)
     if allowed is not None:
         s.masked_fill_(~allowed, float("-inf"))
+    return s
+
+
+def _forward_block(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, bias: Tensor | None, scale: float,
+                   acc: Tensor, m: Tensor, l: Tensor) -> None:
+    """Merge one block into the running accumulators, in place (online softmax)."""
+    s = _scores(q, k, allowed, bias, scale)
     m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))  # (B, Hkv, G, R, 1)
     shift = m_new.masked_fill(m_new.isneginf(), 0.0)  # nothing seen yet: any finite shift
     p = s.sub_(shift).exp_()  # masked scores give exactly 0
@@ -231,12 +218,10 @@ def _forward_block(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scal
     m.copy_(m_new)
 
 
-def _backward_block(q: Tensor, k: Tensor, v: Tensor, do: Tensor, D: Tensor, lse: Tensor,
-                    allowed: Tensor | None, scale: float, dq: Tensor, dk: Tensor, dv: Tensor) -> None:
+def _backward_block(q: Tensor, k: Tensor, v: Tensor, do: Tensor, D: Tensor, lse: Tensor, allowed: Tensor | None,
+                    bias: Tensor | None, scale: float, dq: Tensor, dk: Tensor, dv: Tensor) -> None:
     """Add one block's gradients to dq (B, Hkv, G, R, hs) and dk, dv (B, Hkv, C, hs), in place."""
-    s = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, Hkv, G, R, C); in place from here on
-    if allowed is not None:
-        s.masked_fill_(~allowed, float("-inf"))
+    s = _scores(q, k, allowed, bias, scale)
     p = s.sub_(lse).exp_()  # the final softmax weights of this block
     dv.add_((p.transpose(-2, -1) @ do).sum(dim=2))  # (B, Hkv, C, hs), summed over the group
     ds = (do @ v.transpose(-2, -1)).sub_(D).mul_(p)  # (B, Hkv, G, R, C)
@@ -255,6 +240,8 @@ def ring_attention(
     key_mask: Tensor | None = None,
     attn_mask: Tensor | None = None,
     scale: float | None = None,
+    mask: StructuredMask | None = None,
+    score_bias: ScoreBias | None = None,
 ) -> Tensor:
     """Exact attention from this rank's queries to the keys of every rank (see module doc).
 
@@ -262,6 +249,14 @@ def ring_attention(
     ``key_mask`` (B, N) bool, ``attn_mask`` (B or 1, H or 1, N, layout.length) bool, both
     True = may attend. Returns (B, H, N, hs). Differentiable in query, key and value.
     Every rank of ``group`` must call it with the same shapes and flags.
+
+    ``mask`` (an `attnzoo.masks` mask: `sliding_window`, `sinks`, `documents`, ...) and
+    ``score_bias`` (`score_bias(q_idx (R, 1), kv_idx (1, C)) -> (H or 1, R, C)` float,
+    e.g. ALiBi) see GLOBAL positions 0 .. layout.length - 1, as in
+    `attnzoo.functional.scaled_dot_product_attention` on the whole (padded) sequence:
+    a `documents` mask takes ids of length ``layout.length``. Blocks the mask hides
+    entirely are not computed (counted in `RING_STATS`); the shards still go round the
+    ring. Every rank must pass the same mask and bias; the bias gets no gradient.
     """
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor) or t.dim() != 4:
@@ -288,6 +283,12 @@ def ring_attention(
         b, h = attn_mask.shape[:2]
         G = H // key.size(1)
         attn_mask = attn_mask.view(b, H // G, G, N, layout.length) if h == H else attn_mask[:, :, None]  # (b, h, g, N, Lp)
+    if mask is not None or score_bias is not None:
+        check_structured(query, mask, score_bias)  # TypeError naming mask / score_bias
+    if mask is not None:
+        mask._check(layout.length, layout.length, B)  # e.g. documents(doc_ids) of another length
+    if score_bias is not None:  # a 2 × 3 probe: wrong shapes raise here, on every rank, before any message
+        bias_tile(score_bias, torch.arange(2, device=query.device), torch.arange(3, device=query.device), H)
     scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
     q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
-    return _RingAttention.apply(q, k, v, key_mask, attn_mask, layout, group, bool(is_causal), scale)
+    return _RingAttention.apply(q, k, v, key_mask, attn_mask, layout, group, bool(is_causal), scale, mask, score_bias)
