@@ -213,3 +213,80 @@ def test_rows_and_average_on_module_hooks():
         torch_mha(x, x, x)
     assert small[""][0].shape == (2, 2, 5)
     torch.testing.assert_close(small[""][0], full[""][0][:, :, [0, 4]].mean(1), rtol=0, atol=1e-12)
+
+
+def test_rows_bounds_checked_and_named():
+    q, k, v = _qkv(L=6)
+    net = Net()
+    mha = az.SelfAttention(4, num_heads=2, dtype=D)
+    x = torch.randn(2, 6, 4, dtype=D)
+    for model, call in ((net, lambda: net(q, k, v)), (mha, lambda: mha(x)), (mha, lambda: mha(x, need_weights=True))):
+        for bad, shown in ((range(10, 12), r"range\(10, 12\)"), (range(-7, -5), r"range\(-7, -5\)"),
+                           (slice(10, 12), r"slice\(10, 12, None\) \(start 10\)"),
+                           (torch.tensor([6]), r"\[6\]")):
+            with pytest.raises(ValueError, match=rf"^rows indexes query rows 0..5, got {shown}"):
+                with AttentionRecorder(model, rows=bad):
+                    call()
+            _assert_clean(model)
+    # negative entries count from the end, as in an index tensor; a slice's stop is clamped
+    with AttentionRecorder(net) as full, AttentionRecorder(net, rows=range(-2, 0)) as last, \
+            AttentionRecorder(net, rows=slice(-2, 100)) as sliced:
+        net(q, k, v)
+    for name in ("blocks.0", ""):
+        assert last[name][0].shape == (2, 4, 2, 6)
+        torch.testing.assert_close(last[name][0], full[name][0][:, :, 4:], rtol=0, atol=1e-12)
+        assert torch.equal(sliced[name][0], last[name][0])
+    with AttentionRecorder(mha) as full, AttentionRecorder(mha, rows=range(-2, 0)) as last:
+        mha(x)
+    torch.testing.assert_close(last[""][0], full[""][0][:, :, 4:], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^rows must be a slice with a nonzero step, got slice\(0, 4, 0\)"):
+        AttentionRecorder(net, rows=slice(0, 4, 0))
+
+
+def test_weights_for_errors_name_weights_for():
+    q, k, v = _qkv(L=6)
+    with pytest.raises(ValueError, match=r"^weights_for must be a slice with a nonzero step, got slice\(0, 4, 0\)"):
+        az.functional.sdpa(q, k, v, need_weights=True, weights_for=slice(0, 4, 0))
+    with pytest.raises(ValueError, match=r"^weights_for indexes query rows 0..5, got range\(10, 12\)"):
+        az.functional.sdpa(q, k, v, need_weights=True, weights_for=range(10, 12))
+    _, w = az.functional.sdpa(q, k, v, need_weights=True, weights_for=range(-2, 0))
+    ref = torch.softmax(q @ k.transpose(-2, -1) / 2.0, dim=-1)  # (B, H, L, S), E = 4
+    torch.testing.assert_close(w, ref[:, :, 4:], rtol=0, atol=1e-12)
+
+
+def _rewrite_meta(src, dest, edit):
+    """A copy of the recording ``src`` whose JSON metadata went through ``edit(meta)``."""
+    import json
+
+    import numpy as np
+
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")[()]))
+    edit(meta)
+    np.savez(dest, meta=np.array(json.dumps(meta)), **arrays)
+    return dest
+
+
+@pytest.mark.parametrize("edit,why", [
+    (lambda m: m.update(names=None), r"meta\.names must be a list, got None"),
+    (lambda m: m.pop("names"), r"meta\.names must be a list, got '\(missing\)'"),
+    (lambda m: m.update(names="abc"), r"meta\.names must be a list, got 'abc'"),
+    (lambda m: m.update(names=[1]), r"meta\.names\[0\] must be a str, got 1"),
+    (lambda m: m.update(maps={}), r"meta\.maps must be a list, got \{\}"),
+    (lambda m: m["maps"][1].pop("kind"), r"meta\.maps\[1\]\.kind must be a str, got '\(missing\)'"),
+    (lambda m: m["maps"][0].update(call=-1), r"meta\.maps\[0\]\.call must be an int >= 0, got -1"),
+    (lambda m: m["maps"][0].update(dtype="Tensor"), r"meta\.maps\[0\]\.dtype must be a torch dtype name"),
+    (lambda m: m["maps"][0].update(shape=[1, 2]), r"maps\[0\]\.shape is \[1, 2\], its array 'map_0' has shape"),
+    (lambda m: m["maps"].append(dict(m["maps"][0])), r"maps\[3\] has no array 'map_3'"),
+    (lambda m: m.update(version=2), r"meta\.format and meta\.version must be"),
+])
+def test_load_validates_the_metadata(tmp_path, edit, why):
+    q, k, v = _qkv()
+    with AttentionRecorder(Net()) as rec:
+        rec.model(q, k, v)
+    good = rec.save(tmp_path / "good.npz")
+    bad = _rewrite_meta(good, tmp_path / "bad.npz", edit)
+    with pytest.raises(ValueError, match=r"^path must be an attention recording written by AttentionRecorder\.save "
+                                         rf"\(attnzoo\.attention_maps version 1\), got '{tmp_path / 'bad.npz'}': {why}"):
+        AttentionRecorder.load(bad)

@@ -50,7 +50,7 @@ def test_api_reference_covers_the_public_api() -> None:
         module = obj.__name__ if isinstance(obj, type(attnzoo)) else obj.__module__
         assert module in rendered, f"attnzoo.{name} ({module}) has no API page"
         assert f"`{name}`" in pages["index.md"] or f"`az.{name}`" in pages["index.md"], name
-    assert {"attnzoo.record", "attnzoo.viz", "attnzoo.transformer", "attnzoo.factory"} <= rendered
+    assert {"attnzoo.maps.recorder", "attnzoo.viz", "attnzoo.transformer", "attnzoo.factory"} <= rendered
 
 
 def test_api_reference_builds_with_warnings_as_errors(tmp_path: Path) -> None:

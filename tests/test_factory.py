@@ -33,8 +33,11 @@ def test_kwargs_reach_the_module():
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(ValueError, match="unknown attention 'eca'.*cbam, channel, cross, mha, se, self, spatial, temporal"):
-        az.create_attention("eca", 8)
+    with pytest.raises(ValueError, match="unknown attention 'nope'; available: bam, cbam, channel, coord, cross, eca, ese, "
+                       "gc, ge, mha, nonlocal, se, self, simam, sk, spatial, splat, srm, temporal, triplet$"):
+        az.create_attention("nope", 8)
     with pytest.raises(TypeError, match="name must be a str"):
         az.create_attention(3, 8)
-    assert az.available_attention() == sorted(["se", "channel", "spatial", "cbam", "mha", "self", "cross", "temporal"])
+    assert az.available_attention() == sorted(["se", "channel", "spatial", "cbam", "eca", "ese", "srm", "ge", "coord", "bam",
+                                               "triplet", "mha", "self", "cross", "temporal", "gc", "nonlocal", "sk",
+                                               "splat", "simam"])

@@ -273,3 +273,149 @@ def test_recorder_cannot_enter_twice_and_checks_arguments():
         AttentionRecorder(lambda x: x)
     with pytest.raises(ValueError):
         AttentionRecorder(model, max_calls=0)
+
+
+# --------------------------------------------------------------------------- gates by protocol
+class TokenGate(nn.Module):
+    """A gate the recorder was never told about: it only follows the protocol, ``gate(x)``."""
+
+    gate_kind = "token"
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1, dtype=D)
+
+    def gate(self, x):
+        return torch.sigmoid(self.score(x))  # (B, L, 1)
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+
+class PlainGate(nn.Module):
+    """No declared kind, and a gate of x's own shape: neither channel nor spatial, kind "gate"."""
+
+    def gate(self, x):
+        return torch.sigmoid(x)
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+
+class Router(nn.Module):
+    """``gate`` is a submodule here (a mixture-of-experts router), not the protocol's method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(8, 2, dtype=D)
+
+    def forward(self, x):
+        return self.gate(x)
+
+
+def test_any_module_with_a_gate_method_is_recorded():
+    torch.manual_seed(7)
+    model = nn.Sequential(TokenGate(8), Router(), PlainGate())
+    x = torch.randn(3, 5, 8, dtype=D)
+    ref = model(x)
+    with AttentionRecorder(model) as rec:
+        got = model(x)
+        direct = model[0].gate(x)  # a direct call is recorded too
+    assert torch.equal(got, ref)
+    assert rec.names == ["0", "2"]  # the router is not a gate
+    assert [(m.name, m.kind, m.module, m.call) for m in rec.maps] == [
+        ("0", "token", "TokenGate", 0), ("2", "gate", "PlainGate", 0), ("0", "token", "TokenGate", 1)]
+    assert torch.equal(rec["0"][0], torch.sigmoid(model[0].score(x))) and torch.equal(rec["0"][1], direct)
+    assert rec["2"][0].shape == (3, 5, 2)
+    _assert_no_hooks(model)
+    assert all("gate" not in m.__dict__ for m in model.modules())  # the patches are gone
+    assert isinstance(model[1].gate, nn.Linear)
+
+
+# --------------------------------------------------------------------------- threads
+class Mixed(nn.Module):
+    """attnzoo attention, a plain SDPA call (the function mode and the module stack), a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = az.SelfAttention(16, num_heads=4, dtype=D)
+        self.qkv = nn.Linear(16, 48, dtype=D)
+        self.gate = TokenGate(16)
+
+    def forward(self, x):
+        h, _ = self.attn(x)
+        q, k, v = self.qkv(h).view(*h.shape[:2], 3, 4, 4).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.gate(h + y.transpose(1, 2).reshape(h.shape))
+
+
+def test_recorder_records_only_its_thread_other_threads_unaffected():
+    import threading
+
+    torch.manual_seed(8)
+    model = Mixed()
+    x = torch.randn(2, 6, 16, dtype=D)
+    ref = model(x)
+    started, stop, seen, failures = threading.Event(), threading.Event(), [0], []
+
+    def other() -> None:  # runs the same model the whole time, also while it is recorded
+        try:
+            while not stop.is_set():
+                out = model(x)
+                assert torch.equal(out, ref)
+                assert not torch.overrides._is_torch_function_mode_enabled()
+                seen[0] += 1
+                started.set()
+        except BaseException as e:  # reported by the main thread
+            failures.append(e)
+            started.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    try:
+        assert started.wait(60)
+        before = seen[0]
+        rec = AttentionRecorder(model)
+        with rec:
+            for _ in range(30):
+                assert torch.equal(model(x), ref)
+        during = seen[0] - before
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not failures, failures[0]
+    assert during > 0  # the other thread really ran the model meanwhile
+    names = ["attn", "gate", ""]  # module order; "" = the root's SDPA call
+    assert rec.names == ["attn", "gate", ""]
+    assert [m.name for m in rec.maps] == ["attn", "", "gate"] * 30
+    assert [m.call for m in rec.maps] == [c for c in range(30) for _ in names]
+    assert not torch.overrides._is_torch_function_mode_enabled()
+    _assert_no_hooks(model)
+    assert all("gate" not in m.__dict__ and "attend" not in m.__dict__ for m in model.modules())
+
+
+def test_two_threads_cannot_record_one_model_at_once():
+    import threading
+
+    model = Mixed()
+    inside, done, errors = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        with AttentionRecorder(model):
+            inside.set()
+            done.wait(60)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    try:
+        assert inside.wait(60)
+        with pytest.raises(RuntimeError, match="being recorded in another thread"):
+            with AttentionRecorder(model.attn):
+                pass
+    finally:
+        done.set()
+        worker.join(60)
+    _assert_no_hooks(model)
+    with AttentionRecorder(model) as rec:  # free again
+        model(torch.randn(1, 3, 16, dtype=D))
+    assert rec.names == ["attn", "gate", ""]

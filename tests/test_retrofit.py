@@ -243,10 +243,11 @@ def test_unsupported_and_bad_arguments():
         az.add_attention(BranchEndsInAnOp(), "se")
     with pytest.raises(ValueError, match="found no residual block in Linear"):
         az.add_attention(nn.Linear(3, 3), "se")
-    with pytest.raises(ValueError, match="found nothing to gate in Linear: no nn.Conv2d"):
+    with pytest.raises(ValueError, match="found nothing to gate in Linear: no convolution"):
         az.add_attention(nn.Linear(3, 3), "se", where="convs")
     m = hf_resnet("basic")
-    with pytest.raises(ValueError, match=r"kind must be one of \('se', 'channel', 'spatial', 'cbam'\), got 'mha'"):
+    with pytest.raises(ValueError, match=r"kind must be one of \('se', 'channel', 'spatial', 'cbam', 'eca', 'ese', 'ge', 'coord', 'bam', "
+                       r"'triplet', 'srm', 'gc', 'nonlocal', 'simam'\), got 'mha'"):
         az.add_attention(m, "mha")
     with pytest.raises(ValueError, match="where must be 'blocks', 'convs' or a callable"):
         az.add_attention(m, "se", where="everywhere")
@@ -272,3 +273,158 @@ def test_a_model_of_containers_only_is_refused_unchanged():
     with pytest.raises(ValueError, match=r"cannot attach a gate after '0': it and all its parents are containers"):
         az.add_attention(seq, "se", where=lambda name, m: name in ("1.0", "0"))
     assert az.find_attention(seq) == [] and not any(m._forward_hooks for m in seq.modules())
+
+
+class SharedConvBlock(nn.Module):
+    """A residual block whose branch is a conv it shares with another block."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+def test_a_conv_shared_by_two_blocks_gets_one_gate_applied_once():
+    torch.manual_seed(0)
+    c = nn.Conv2d(8, 8, 3, padding=1)
+    model = nn.Sequential(SharedConvBlock(c), SharedConvBlock(c))
+    az.add_attention(model, "se", reduction=2)
+    gates = az.find_attention(model)
+    assert [n for n, _ in gates] == ["0.conv.attnzoo_gate"]
+    assert sum(isinstance(h, az.retrofit._ApplyGate) for h in c._forward_hooks.values()) == 1
+    gate = gates[0][1]
+    assert {id(p) for p in gate.parameters()} <= {id(p) for p in model.parameters()}
+    sd = model.state_dict()  # the shared conv and its one gate are listed under both blocks, like any shared module
+    assert {k for k in sd if "attnzoo_gate" in k} == {
+        f"{i}.conv.attnzoo_gate.{p}" for i in (0, 1) for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")}
+    assert all(sd[f"{i}.conv.attnzoo_gate.{p}"].data_ptr() == t.data_ptr()
+               for i in (0, 1) for p, t in gate.named_parameters())
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        h = torch.relu(gate(nn.functional.conv2d(x, c.weight, c.bias, padding=1)) + x)  # gated once per call
+        want = torch.relu(gate(nn.functional.conv2d(h, c.weight, c.bias, padding=1)) + h)
+        assert torch.allclose(model(x), want, atol=1e-6)
+
+
+class ResBlock(nn.Module):
+    """``relu(bn(conv2(relu(conv1(x)))) + x)`` for Conv1d, Conv2d or Conv3d."""
+
+    def __init__(self, dims: int, c: int = 8) -> None:
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
+        self.conv1, self.conv2, self.bn = conv(c, c, 3, padding=1), conv(c, c, 3, padding=1), bn(c)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv2(torch.relu(self.conv1(x)))) + x)
+
+
+class LayerNormEndedBlock(nn.Module):
+    """A residual branch that ends in a GroupNorm: its dims come from the block's convs."""
+
+    def __init__(self, dims: int, c: int = 8) -> None:
+        super().__init__()
+        self.conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](c, c, 3, padding=1)
+        self.norm = nn.GroupNorm(2, c)
+
+    def forward(self, x):
+        return self.norm(self.conv(x)) + x
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["se", "channel", "spatial", "cbam"])
+@pytest.mark.parametrize("where", ["blocks", "convs", "callable"])
+def test_gates_follow_the_dimensionality_of_the_conv_they_gate(dims, kind, where):
+    torch.manual_seed(0)
+    model = nn.Sequential(ResBlock(dims), LayerNormEndedBlock(dims)).eval()
+    kw = {"kernel_size": 3} if kind in ("spatial", "cbam") else {}
+    kw.update({"reduction": 2} if kind != "spatial" else {})
+    sel = (lambda n, m: n in ("0.bn", "1.norm")) if where == "callable" else where
+    az.add_attention(model, kind, where=sel, **kw)
+    gates = az.find_attention(model)
+    assert len(gates) == (3 if where == "convs" else 2)
+    assert all(g.channel.dims == g.spatial.dims == dims if kind == "cbam" else g.dims == dims for _, g in gates)
+    # batch = channels = 8: a 2-D gate would read a (B, C, L) map as an unbatched (C, H, W) one
+    x = torch.randn((8, 8) + (5,) * dims)
+    with torch.no_grad():
+        whole = model(x)
+        one_by_one = torch.cat([model(x[i : i + 1]) for i in range(8)])
+    assert torch.allclose(whole, one_by_one, atol=1e-5)  # no sample sees another
+    assert not torch.allclose(whole, nn.Sequential(*[type(b)(dims) for b in model])(x))  # not a no-op check
+
+
+def test_dims_cannot_be_told_without_convs_unless_given():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match=r"cannot tell whether the feature maps after '1' \(LayerNorm\) are "
+                                         r"1-, 2- or 3-D: pass dims=1, 2 or 3"):
+        az.add_attention(model, "se", where=lambda n, m: n == "1", reduction=2)
+    az.add_attention(model, "se", where=lambda n, m: n == "1", reduction=2, dims=1)
+    assert az.find_attention(model)[0][1].dims == 1
+
+
+class DataDependentBlock(ResBlock):
+    """A residual block torch.fx cannot trace: its forward branches on the data."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return torch.relu(self.bn(self.conv2(torch.relu(self.conv1(x)))) + x)
+        return x
+
+
+def three_blocks() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(ResBlock(2), DataDependentBlock(2), ResBlock(2))
+
+
+def test_a_block_fx_cannot_trace_is_named_in_a_warning_or_an_error_when_strict():
+    model = three_blocks()
+    with pytest.warns(az.UntracedModuleWarning) as rec:
+        az.add_attention(model, "se", reduction=2)
+    assert [str(w.message) for w in rec] == [
+        "add_attention(where='blocks') could not trace '1' (DataDependentBlock: TraceError) with torch.fx, "
+        "so it got no gate although it may be a residual block; gate it with where=callable, or pass strict=True "
+        "to make this an error"]
+    assert [n for n, _ in az.find_attention(model)] == ["0.bn.attnzoo_gate", "2.bn.attnzoo_gate"]
+    model = three_blocks()
+    with pytest.raises(ValueError, match=r"add_attention\(where='blocks', strict=True\) could not trace '1' "
+                                         r"\(DataDependentBlock: TraceError\) with torch.fx"):
+        az.add_attention(model, "se", reduction=2, strict=True)
+    assert az.find_attention(model) == []  # the error left the model unchanged
+
+
+def test_hf_models_warn_nothing():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in (hf_resnet("basic"), hf_resnet("bottleneck"), hf_convnext()):
+            az.add_attention(model, "se", reduction=2, strict=True)
+
+
+@pytest.mark.parametrize("kind", ["gc", "nonlocal", "simam"])
+def test_context_and_free_gates_go_into_blocks(kind):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ResBlock(2), ResBlock(2)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    before = model(x)
+    init = "default" if kind == "simam" else "identity"
+    az.add_attention(model, kind, init=init)
+    assert len(az.find_attention(model)) == 2
+    if init == "identity":
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    else:
+        assert not torch.equal(model(x), before)
+
+
+def test_simam_refuses_an_identity_start():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ResBlock(2))
+    with pytest.raises(ValueError, match="SimAM"):
+        az.add_attention(model, "simam", init="identity")
+
+
+@pytest.mark.parametrize("kind", ["sk", "splat"])
+def test_conv_units_are_refused_by_add_attention(kind):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ResBlock(2))
+    with pytest.raises(ValueError, match=f"kind='{kind}': .* is a convolution unit"):
+        az.add_attention(model, kind)

@@ -49,11 +49,47 @@ def test_bad_arguments():
     a = torch.rand(2, 4, 4)
     with pytest.raises(ValueError, match="residual must be a float in \\[0, 1\\], got 1.5"):
         attention_rollout([a], residual=1.5)
-    with pytest.raises(TypeError, match="layers must be a non-empty sequence"):
+    with pytest.raises(TypeError, match="layers must be an AttentionRecorder or a non-empty sequence"):
         attention_rollout(a)
-    with pytest.raises(TypeError, match="layers must be a non-empty sequence"):
+    with pytest.raises(TypeError, match="layers must be an AttentionRecorder or a non-empty sequence"):
         attention_rollout([])
     with pytest.raises(ValueError, match=r"layers\[1\] must have shape \(\*, H, L, L\).*got \(2, 4, 3\)"):
         attention_rollout([a, torch.rand(2, 4, 3)])
     with pytest.raises(TypeError, match=r"layers\[0\] must be a floating-point tensor"):
         attention_rollout([torch.ones(2, 4, 4, dtype=torch.long)])
+
+
+def test_takes_a_recorder_of_one_forward_pass():
+    transformers = pytest.importorskip("transformers")
+    import attnzoo as az
+
+    torch.manual_seed(1)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
+                                  intermediate_size=32, max_position_embeddings=16)
+    bert = transformers.BertModel(cfg).eval()
+    ids = torch.randint(1, 50, (2, 7))
+    with az.AttentionRecorder(bert) as rec:
+        bert(ids)
+    names = [f"encoder.layer.{i}.attention.self" for i in range(3)]
+    assert rec.names == names
+    # the float64 formula, written out: head mean, half identity, rows renormalised, later layers on the left
+    want = torch.eye(7, dtype=torch.float64)
+    for name in names:
+        a = rec[name][0].double().mean(1)  # (B, L, L)
+        a = 0.5 * a + 0.5 * torch.eye(7, dtype=torch.float64)
+        want = (a / a.sum(-1, keepdim=True)) @ want
+    got = attention_rollout(rec)
+    assert got.shape == (2, 7, 7)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)
+    with az.AttentionRecorder(bert, average_heads=True) as avg:
+        bert(ids)
+    torch.testing.assert_close(attention_rollout(avg, average_heads=False), got, rtol=0, atol=1e-6)
+    with az.AttentionRecorder(bert) as twice:
+        bert(ids)
+        bert(ids)
+    with pytest.raises(ValueError, match=r"layers \(a recorder\) must hold one forward pass, one record per module; "
+                                         r"'encoder.layer.0.attention.self' was recorded 2 times"):
+        attention_rollout(twice)
+    torch.testing.assert_close(attention_rollout([m for m in twice.maps if m.call == 1]), got, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"layers \(a recorder\) holds no attention record"):
+        attention_rollout(az.AttentionRecorder(bert))

@@ -205,7 +205,7 @@ def test_browser_4096_tokens_draws_a_window(browser, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, ".qtok")) == 64
     assert len(browser.find_elements(By.CSS_SELECTOR, ".ktok")) == 64
     assert len(browser.find_elements(By.CSS_SELECTOR, "#lines line")) <= 64 * 64
-    assert browser.execute_script("const c = document.getElementById('heat'); return [c.width, c.height]") == [512, 512]
+    assert browser.execute_script("return document.getElementById('heat').dataset.cell") == "8"  # 64 x 8 = 512 px
     browser.execute_script("const e = document.getElementById('row0'); e.value = 4090;"
                            "e.dispatchEvent(new Event('change'))")  # clamped to the last full window
     rows = [int(e.get_attribute("data-row")) for e in browser.find_elements(By.CSS_SELECTOR, ".qtok")]
@@ -242,3 +242,76 @@ def test_generation_view_for_a_seq2seq_model(tmp_path):
     with pytest.raises(ValueError, match=r"src must be one source sequence of shape \(1, S\)"):
         generation_view(model, src.repeat(2, 1), tmp_path / "x.html", bos_id=1, eos_id=2, max_new_tokens=3,
                         src_tokens=list("abcdef"))
+
+
+def _pixel(driver, x: float, y: float) -> list[int]:
+    return driver.execute_script(
+        "const d = document.getElementById('heat').getContext('2d').getImageData(arguments[0], arguments[1], 1, 1).data;"
+        "return [d[0], d[1], d[2]]", int(x), int(y))
+
+
+def _cell(driver, i: int, j: int) -> list[int]:
+    """The colour at the centre of heatmap cell (window row i, window column j)."""
+    g = {k: float(v) for k, v in driver.execute_script("return {...document.getElementById('heat').dataset}").items()
+         if k in ("x0", "y0", "cell")}
+    return _pixel(driver, g["x0"] + (j + 0.5) * g["cell"], g["y0"] + (i + 0.5) * g["cell"])
+
+
+def _blue(x: float) -> list[int]:  # the page's colour of x in [0, 1]: white (0) to blue (1)
+    v = round(255 * (1 - min(max(x, 0.0), 1.0)))
+    return [v, v, 255]
+
+
+def test_browser_heatmap_axes_colour_bar_and_scales(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    g = torch.Generator().manual_seed(5)
+    near_uniform = torch.softmax(0.05 * torch.randn(12, 12, generator=g, dtype=torch.float64), dim=-1)  # (L, S)
+    path = attention_view({"flat": near_uniform}, tokens=[f"tok{i}" for i in range(12)], path=tmp_path / "flat.html")
+    _open(browser, path)
+    w = np.rint(near_uniform.numpy() * Q) / Q  # what the page holds
+    label = browser.find_element(By.ID, "heat").get_attribute("aria-label")
+    assert label == "heatmap: rows = query tokens 0..11, columns = key tokens 0..11; colour scale fixed 0 to 1"
+    assert Select(browser.find_element(By.ID, "scale")).first_selected_option.get_attribute("value") == "fixed"
+    for i, j in [(0, 0), (3, 7), (11, 11)]:  # fixed 0-1: about 1/12 everywhere, so pale, not saturated
+        assert max(abs(a - b) for a, b in zip(_cell(browser, i, j), _blue(w[i, j]))) <= 1
+    assert min(_cell(browser, 3, 7)) > 200
+    geo = browser.execute_script("return {...document.getElementById('heat').dataset}")
+    bar, y0, h = float(geo["bar"]), float(geo["y0"]), float(geo["barHeight"])
+    assert _pixel(browser, bar + 7, y0) == [0, 0, 255] and _pixel(browser, bar + 7, y0 + h - 1) == [255, 255, 255]
+    Select(browser.find_element(By.ID, "scale")).select_by_value("row")  # each row against its own largest weight
+    assert browser.find_element(By.ID, "heat").get_attribute("aria-label").endswith("colour scale per row (row max)")
+    for i, j in [(0, 0), (3, 7), (11, 11)]:
+        assert max(abs(a - b) for a, b in zip(_cell(browser, i, j), _blue(w[i, j] / w[i].max()))) <= 1
+    assert _cell(browser, 4, int(w[4].argmax())) == [0, 0, 255]
+
+
+def test_browser_head_choice_only_with_heads_and_long_labels_fit(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    long40 = "a_token_label_of_exactly_forty_chars_xyz"
+    huge = "x" * 80 + "_the_end_of_a_very_long_label"
+    tokens = ["a", long40, huge, "b"]
+    g = torch.Generator().manual_seed(6)
+    records = {"one head": torch.rand(4, 4, generator=g), "two heads": torch.rand(2, 4, 4, generator=g)}
+    _open(browser, attention_view(records, tokens=tokens, path=tmp_path / "labels.html"))
+    head = browser.find_element(By.ID, "head")
+    assert not head.is_displayed()  # one head: no "all heads" choice offered
+    browser.find_element(By.CSS_SELECTOR, '.qtok[data-row="1"]').click()
+    assert browser.find_element(By.ID, "sel").text == f'Query 1 "{long40}" (one head) attends to:'
+    Select(browser.find_element(By.ID, "layer")).select_by_value("1")
+    assert head.is_displayed()
+    assert [o.text for o in Select(head).options] == ["mean of heads", "head 0", "head 1"]
+    for cls in ("qtok", "ktok"):
+        labels = browser.execute_script(
+            "const svg = document.getElementById('lines'), w = Number(svg.getAttribute('width'));"
+            f"return [...document.querySelectorAll('.{cls}')].map((e) => {{ const b = e.getBBox();"
+            "  return [e.firstChild.nodeValue, e.querySelector('title').textContent, b.x, b.x + b.width, w]; })")
+        assert [full for _, full, *_ in labels] == tokens  # the whole label on hover
+        shown = [text for text, *_ in labels]
+        assert shown[:2] + shown[3:] == ["a", long40, "b"]  # not cut
+        assert shown[2].endswith("\u2026") and huge.startswith(shown[2][:-1]) and len(shown[2]) > 40
+        for text, _, left, right, width in labels:
+            assert 0 <= left and right <= width, (cls, text, left, right, width)  # inside the drawing

@@ -8,13 +8,16 @@
 from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
 from . import functional
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
-from .channel import ChannelAttention, SqueezeExcite
+from .gates import BAM, ECA, SRM, CoordAttention, EffectiveSE, GatherExcite, TripletAttention
+from .gates.channel import ChannelAttention, SqueezeExcite
 from .factory import available_attention, create_attention
-from .record import AttentionMap, AttentionRecorder
+from .maps.recorder import AttentionMap, AttentionRecorder
+from .gates import GlobalContext, NonLocal, SelectiveKernel, SimAM, SplitAttention
 from .kvcache import KVCache
-from .spatial import CBAM, SpatialAttention
+from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
+from .gates.spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
-from .retrofit import add_attention, find_attention
+from .retrofit import UntracedModuleWarning, add_attention, find_attention
 from .transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
 
 __version__ = "0.1.0"
@@ -28,6 +31,18 @@ __all__ = [
     "ChannelAttention",
     "SpatialAttention",
     "CBAM",
+    "ECA",
+    "EffectiveSE",
+    "SRM",
+    "GatherExcite",
+    "CoordAttention",
+    "BAM",
+    "TripletAttention",
+    "GlobalContext",
+    "NonLocal",
+    "SelectiveKernel",
+    "SplitAttention",
+    "SimAM",
     "create_attention",
     "available_attention",
     "TransformerEncoderLayer",
@@ -39,4 +54,9 @@ __all__ = [
     "TemporalAttention",
     "add_attention",
     "find_attention",
+    "RotaryEmbedding",
+    "alibi_slopes",
+    "alibi_bias",
+    "RelativePositionBias",
+    "UntracedModuleWarning",
 ]

@@ -69,6 +69,13 @@ def check_mask_dtype(name: str, mask: Tensor) -> None:
         )
 
 
+def check_same_device(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """``t`` (a mask) must be on ``ref``'s device; comparing devices costs no sync."""
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on device {t.device} but {ref_name} is on {ref.device}; "
+                         f"move it with {name}.to({ref_name}.device)")
+
+
 SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 

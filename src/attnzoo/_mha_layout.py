@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_dtype_matches, check_mask_dtype, check_tensor
+from ._checks import check_dtype_matches, check_mask_dtype, check_same_device, check_tensor
 from .functional import RowIndex, sdpa
 
 
@@ -109,6 +109,9 @@ def _merged_mask(key_padding_mask: Tensor | None, attn_mask: Tensor | None, q: T
     """Torch-polarity masks -> one functional mask in the dtype of ``q`` (B, H, L, hs)."""
     if key_padding_mask is None and attn_mask is None:
         return None
+    for name, m in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+        if isinstance(m, Tensor):  # q is on query's device
+            check_same_device(name, m, "query", q)
     return _combine_masks(key_padding_mask, attn_mask, q.size(0), q.size(-2), k.size(-2), q.dtype, num_heads)
 
 

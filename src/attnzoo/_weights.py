@@ -238,15 +238,30 @@ def _softmax_(x: Tensor) -> Tensor:
     return torch.ops.aten._softmax.out(x, -1, False, out=x)
 
 
-def _row_index(rows: RowIndex, L: int, device: torch.device) -> Tensor:
-    if isinstance(rows, (slice, range)):
-        rows = range(L)[rows] if isinstance(rows, slice) else rows
-        return torch.arange(rows.start, rows.stop, rows.step, device=device)
+def _row_index(rows: RowIndex, L: int, device: torch.device, name: str = "weights_for") -> Tensor:
+    """The chosen query rows of ``L`` as a long index tensor on ``device`` (negative counted from the end).
+
+    Index tensors and ranges: every entry must be a row, -L..L-1. Slices: ``start`` (when given)
+    must be a row, ``stop`` is clamped as Python slices are, the step is not 0. ``name`` is the
+    argument named in the errors (``weights_for``, the recorder's ``rows``).
+    """
+    if isinstance(rows, slice):
+        parts = (rows.start, rows.stop, rows.step)
+        if any(p is not None and (isinstance(p, bool) or not isinstance(p, int)) for p in parts):
+            raise TypeError(f"{name} must be a slice of ints, got {rows!r:.80}")
+        if rows.step == 0:
+            raise ValueError(f"{name} must be a slice with a nonzero step, got {rows!r}")
+        if L > 0 and rows.start is not None and not -L <= rows.start < L:
+            raise ValueError(f"{name} indexes query rows 0..{L - 1}, got {rows!r:.80} (start {rows.start})")
+        picked = range(L)[rows]
+        return torch.arange(picked.start, picked.stop, picked.step, device=device)
+    given = rows
+    if isinstance(rows, range):
+        rows = torch.arange(rows.start, rows.stop, rows.step)
     if not isinstance(rows, Tensor) or rows.dtype not in (torch.int32, torch.int64):
-        raise TypeError(
-            f"weights_for must be a slice, range or integer index tensor, got {rows!r:.80}"
-        )
+        raise TypeError(f"{name} must be a slice, range or integer index tensor, got {rows!r:.80}")
     rows = rows.to(device=device, dtype=torch.long).reshape(-1)
     if rows.numel() and (rows.min() < -L or rows.max() >= L):
-        raise ValueError(f"weights_for indexes query rows 0..{L - 1}, got {rows.tolist()!r:.80}")
+        shown = given if isinstance(given, range) else given.tolist()
+        raise ValueError(f"{name} indexes query rows 0..{L - 1}, got {shown!r:.80}")
     return rows % L

@@ -167,6 +167,12 @@ class MultiHeadAttention(nn.Module):
         ``torch.jit.trace``, which cannot return None, it is an empty tensor instead).
         ``weights_for`` (index tensor, slice or range of query rows) returns only those
         rows' weights, so very long sequences can be inspected cheaply.
+
+        Self-attention projects q, k and v in one GEMM when ``key`` is None or
+        ``query is key is value`` (one object: equal values or an alias such as
+        ``x.detach()`` may carry other gradients, so they take three GEMMs). FSDP2 with a
+        ``MixedPrecisionPolicy(param_dtype=...)`` casts each argument apart, so
+        ``mha(x, x, x)`` gets three tensors there: call ``mha(x)`` (or ``SelfAttention``).
         """
         self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key

@@ -4,7 +4,8 @@
 >>> create_attention("mha", 256, num_heads=8)  # MultiHeadAttention(256, 8)
 
 The second argument is the channel count for the CNN gates ("se", "channel", "spatial",
-"cbam"; "spatial" has no channels and ignores it) and the embedding size for the
+"cbam", "eca", "ese", "srm", "ge", "coord", "bam", "triplet"; "spatial" has no channels
+and ignores it) and the embedding size for the
 sequence modules ("mha", "self", "cross", "temporal"). Other keyword arguments go to the class.
 """
 
@@ -15,8 +16,10 @@ from typing import Callable
 from torch import nn
 
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
-from .channel import ChannelAttention, SqueezeExcite
-from .spatial import CBAM, SpatialAttention
+from .gates import (
+    BAM, CBAM, ECA, SRM, ChannelAttention, CoordAttention, EffectiveSE, GatherExcite, SpatialAttention,
+    SqueezeExcite, TripletAttention, GlobalContext, NonLocal, SelectiveKernel, SimAM, SplitAttention,
+)
 from .temporal import TemporalAttention
 
 __all__ = ["create_attention", "available_attention"]
@@ -26,10 +29,22 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "channel": ChannelAttention,
     "spatial": lambda channels, **kw: SpatialAttention(**kw),
     "cbam": CBAM,
+    "eca": ECA,
+    "ese": EffectiveSE,
+    "srm": SRM,
+    "ge": GatherExcite,
+    "coord": CoordAttention,
+    "bam": BAM,
+    "triplet": TripletAttention,
     "mha": MultiHeadAttention,
     "self": SelfAttention,
     "cross": CrossAttention,
     "temporal": TemporalAttention,
+    "gc": GlobalContext,
+    "nonlocal": NonLocal,
+    "sk": SelectiveKernel,
+    "splat": SplitAttention,
+    "simam": lambda channels, **kw: SimAM(**kw),
 }
 
 

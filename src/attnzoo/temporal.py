@@ -44,7 +44,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_dropout, check_dtype_matches, check_positive_int, check_tensor
+from ._checks import check_dropout, check_dtype_matches, check_positive_int, check_same_device, check_tensor
 
 __all__ = ["TemporalAttention", "MaskedSoftmax", "padding_mask_from_lengths"]
 
@@ -162,6 +162,7 @@ class TemporalAttention(nn.Module):
         b, t = x.shape[0], x.shape[1] if x.dim() == 3 else x.shape[2]
         if tuple(padding_mask.shape) != (b, t):
             raise ValueError(f"padding_mask must have shape (B, T) = {(b, t)}, got {tuple(padding_mask.shape)}")
+        check_same_device("padding_mask", padding_mask, "x", x)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Return ``(pooled, weights)``; see the class docstring for the shapes."""

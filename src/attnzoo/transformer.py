@@ -308,6 +308,7 @@ class Seq2SeqTransformer(nn.Module):
         _check_id("eos_id", eos_id, self.tgt_vocab)
         if bos_id == self.pad_id:
             raise ValueError(f"bos_id must differ from pad_id={self.pad_id} (padding is masked in the target)")
+        self._check_real(src)
         was_training = self.training
         self.eval()
         try:
@@ -366,6 +367,19 @@ class Seq2SeqTransformer(nn.Module):
         for layer in self.decoder_layers:  # causal self-attention (tgt_is_causal=True)
             x = layer(x, memory, tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=memory_pad)
         return x  # (B, T, E), before the final norm
+
+    def _check_real(self, src: object) -> None:
+        """generate reads token values: refuse meta tensors and a model on another device."""
+        if not isinstance(src, Tensor):
+            return  # _check_tokens names the type
+        if src.is_meta:
+            raise ValueError("src is on the meta device, which holds no values; generate reads the tokens it "
+                             "produces (argmax, eos_id), so src and the model must be real tensors")
+        p = next(self.parameters())
+        if p.device != src.device:
+            raise ValueError(f"src is on device {src.device} but the {type(self).__name__}'s parameters are on "
+                             f"{p.device}; move the model or src (src.to(device)); a model on the meta device "
+                             "needs real weights first (to_empty + load_state_dict)")
 
     def _check_tokens(self, name: str, x: object, vocab: int) -> Tensor:
         if not isinstance(x, Tensor) or x.dtype != torch.long:

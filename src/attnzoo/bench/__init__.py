@@ -81,9 +81,10 @@ _MODULES = {
     "cases_attention": ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long",
                         "throughput"],
     "cases_models": ["decode", "compile", "gating"],
+    "cases_hf": ["hf"],
 }
 _ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
-          "gating", "throughput"]
+          "gating", "throughput", "hf"]
 
 
 def group_names() -> list[str]:

@@ -169,6 +169,19 @@ def _mha_long(spec: dict[str, Any], device: Any):
 _OPS = {"mha_weights": _mha_weights, "mha_long": _mha_long}
 
 
+def _op(name: str) -> Any:
+    """A measured op: one of ``_OPS``, or ``"attnzoo.bench.<module>:<function>"`` for a case
+    module whose dependencies this file does not import (e.g. transformers for ``cases_hf``)."""
+    import importlib
+
+    if name in _OPS:
+        return _OPS[name]
+    module, sep, attr = name.partition(":")
+    if not sep or not module.startswith("attnzoo.bench."):
+        raise ValueError(f"unknown memory op {name!r}; known: {sorted(_OPS)} or 'attnzoo.bench.<module>:<function>'")
+    return getattr(importlib.import_module(module), attr)
+
+
 def child_main(spec_json: str) -> None:
     """Entry point of the measuring subprocess (see the module docstring)."""
     import gc
@@ -181,7 +194,7 @@ def child_main(spec_json: str) -> None:
     device = torch.device(spec.get("device", "cpu"))
     if spec.get("dtype"):
         torch.set_default_dtype(getattr(torch, spec["dtype"]))
-    warm, call = _OPS[spec["op"]](spec, device)
+    warm, call = _op(spec["op"])(spec, device)
     warm()  # minimal warm-up: load kernels and start threads on a tiny input
     gc.collect()
     result = _measure_cuda(call, device) if device.type == "cuda" else _measure_cpu(call)

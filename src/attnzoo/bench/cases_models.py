@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
-from ..channel import SqueezeExcite
-from ..spatial import CBAM
+from ..gates.channel import SqueezeExcite
+from ..gates.spatial import CBAM
 from ..transformer import Seq2SeqTransformer, TransformerEncoderLayer
 from ._core import Context, Job, Row, group
 

@@ -272,6 +272,9 @@ def ring_attention(
                          f"got key {tuple(key.shape)} and value {tuple(value.shape)}")
     if not (query.dtype == key.dtype == value.dtype) or not query.is_floating_point():
         raise TypeError(f"query, key and value must share a floating dtype, got {query.dtype}, {key.dtype}, {value.dtype}")
+    if not isinstance(layout, ShardLayout):
+        raise TypeError("layout must be an attnzoo.distributed.ShardLayout (e.g. ShardLayout(length, world)), "
+                        f"got {type(layout).__name__}")
     world = dist.get_world_size(group)
     if layout.world != world or layout.local_length != N:
         raise ValueError(f"layout must have world={world} and local_length={N}, got {layout}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..record import AttentionRecorder
+from .recorder import AttentionRecorder
 from ..transformer import Seq2SeqTransformer
 from .view import attention_view
 

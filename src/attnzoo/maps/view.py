@@ -1,10 +1,14 @@
 """An interactive attention view: one self-contained HTML file (data and script inline).
 
-`attention_view` writes a page where a reader picks a layer (a recorded module) and a
-head (or the mean over heads), and clicks or hovers a query token to see what it attends to:
-lines from the query column to the key column (opacity = weight, as bertviz's head view),
-a heatmap of the shown window, the token's 10 most attended keys and a strip of its weights
-over ALL keys. Long sequences show a window of rows and a window of keys (default 64 each),
+`attention_view` writes a page where a reader picks a layer (a recorded module) and, when
+it has several heads, a head or their mean, and clicks or hovers a query token to see what it
+attends to: lines from the query column to the key column (opacity = weight, as bertviz's head
+view), a heatmap of the shown window, the token's 10 most attended keys and a strip of its
+weights over ALL keys. The heatmap has labelled axes (query tokens down, key tokens across), a
+colour bar, and a colour scale to choose: fixed 0-1 (the default: comparable across rows, heads
+and layers; near-uniform weights look pale) or per row (each row against its largest weight
+over all keys). Labels are drawn whole up to 360 px, longer ones shortened with "…" (the whole
+label shows on hover). Long sequences show a window of rows and a window of keys (default 64 each),
 so the page draws at most window² cells and lines however long the sequence: it stays usable
 at 4,096 tokens. No network access: no CDN, no external file, no library.
 
@@ -172,7 +176,9 @@ canvas{{border:1px solid #ccc;image-rendering:pixelated}} .note{{color:#666;font
 <h3>{html.escape(data["title"])}</h3>
 <div class="bar">
 <label>layer <select id="layer"></select></label>
-<label>head <select id="head"></select></label>
+<label id="headbox">head <select id="head"></select></label>
+<label>colour scale <select id="scale"><option value="fixed">fixed 0\u20131</option>
+<option value="row">per row (row max)</option></select></label>
 <label>rows from <input id="row0" type="number" min="0" value="0" style="width:6em"></label>
 <label>keys from <input id="col0" type="number" min="0" value="0" style="width:6em"></label>
 <label>window <input id="win" type="number" min="1" max="512" style="width:4em"></label>
@@ -180,7 +186,7 @@ canvas{{border:1px solid #ccc;image-rendering:pixelated}} .note{{color:#666;font
 <p class="note" id="info"></p>
 <div class="row">
 <svg id="lines"></svg>
-<div><canvas id="heat"></canvas><p class="note">rows: queries of the window; columns: keys of the window</p></div>
+<div><canvas id="heat"></canvas><p class="note">the window's weights: hover a cell for its value</p></div>
 <div><p id="sel">Click or hover a query token (left column).</p><ol id="top"></ol>
 <canvas id="strip" height="40"></canvas><p class="note">the selected query's weights over all keys</p></div>
 </div>
