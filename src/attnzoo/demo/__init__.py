@@ -142,7 +142,7 @@ def run_demo(args: argparse.Namespace) -> int:
     start, start_cpu = time.perf_counter(), time.process_time()
     _check_dependencies()
     device = _device(args.device)
-    parts = [args.only] if args.only else list(PARTS)
+    parts = [args.only] if args.only else [p for p in PARTS if _parts.PARTS[p].in_tour]
     budgets = QUICK if args.quick else FULL
     staging = Staging(args.out or (QUICK_OUT if args.quick else DEFAULT_OUT))
     try:

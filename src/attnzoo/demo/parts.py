@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import dates, findings, page, resnet, speech, tables, vision
+from . import dates, findings, gates, league, page, resnet, speech, tables, vision
 
 __all__ = ["Part", "PARTS"]
 
@@ -33,6 +33,7 @@ class Part:
     section: Callable[[Results], str]  # HTML
     lines: Callable[[Results], list[str]]  # the summary printed at the end
     markdown: Callable[[Results], str]  # README's table
+    in_tour: bool = True  # False: runs only with --only NAME (the default tour leaves it out)
 
     def run(self, *args: Any) -> Results:
         return self.module.run(*args)
@@ -47,4 +48,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
          findings.speech_findings, page.speech_section, tables.speech_lines, tables.speech_md),
     Part("dates", dates, "a cross-attention Transformer that normalises written dates",
          findings.dates_findings, page.dates_section, tables.dates_lines, tables.dates_md),
+    Part("gates", gates, "the league of every add_attention gate in the small ResNet, with its cost (only with "
+         "--only gates: not in the default tour)", league.league_findings, league.league_section,
+         league.league_lines, league.league_md, in_tour=False),
 )}
