@@ -10,6 +10,11 @@ and write a report. The parts are registered in ``parts.py`` (in run order):
   three heads (last state, masked mean, ``TemporalAttention``); where the attention looks.
 * Dates (``dates.py``): an encoder-decoder Transformer that normalises human-written
   dates; exact match, character accuracy, and its cross- and self-attention maps.
+* Gate league (``gates.py``, only with ``--only gates``): every gate ``add_attention``
+  accepts, one per block of the same ResNet, 5 seeds paired with the plain network;
+  accuracy, verdict, parameters, FLOPs and CPU time. The default tour leaves it out (it
+  takes several times the tour's CPU budget) and its report shows the committed league
+  (``league.py``, ``league.json``).
 * Report (``report.py``): ``DIR/index.html`` (self-contained, figures as PNG files beside
   it) and ``DIR/results.json``, written last. With ``--only``, the other parts' keys are
   absent from ``results.json`` and their sections from the page.

@@ -23,7 +23,7 @@ __all__ = ["COMMITTED", "committed", "league_findings", "league_section", "leagu
 COMMITTED = Path(__file__).with_name("league.json")
 RUN = "attnzoo demo --only gates"
 HEAD = ["gate (per block)", "test accuracy", "vs plain: mean, 95% interval (points)", "verdict",
-        "parameters", "FLOPs / batch", "CPU fwd+bwd time"]
+        "parameters", "FLOPs / batch", "CPU fwd+bwd time (x plain)"]
 
 
 def committed() -> dict[str, Any] | None:
@@ -43,8 +43,12 @@ def _verdict(cmp: dict[str, Any]) -> str:
     return "not conclusive (" + (f"~{need} seeds would settle it)" if need else "no practical number of seeds)")
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def _seeds(n: int) -> str:
-    return f"{n} seed{'s' if n != 1 else ''}"
+    return _plural(n, "seed")
 
 
 def league_rows(g: dict[str, Any]) -> list[list[str]]:
@@ -61,7 +65,7 @@ def league_rows(g: dict[str, Any]) -> list[list[str]]:
             diff = f"{c['mean_points']:+.1f} [{lo:+.1f}, {hi:+.1f}]" if c["n"] > 1 else f"{c['mean_points']:+.1f}"
             verdict = _verdict(c)
             params = f"{v['params']:,} (+{v['extra_params']:,})"
-            flops = f"{v['flops'] / 1e6:.1f} M ({v['extra_flops_share']:+.1%})"
+            flops = f"{v['flops'] / 1e6:.1f} M (+{v['extra_flops'] / 1e6:.2f} M)"
         rows.append([name, acc(v["accuracy_mean"], v["accuracy_std"]), diff, verdict, params, flops,
                      f"{v['time_ratio']:.2f}x"])
     return rows
@@ -73,7 +77,7 @@ def _footnote(g: dict[str, Any]) -> str:
     return (f"Each gate added by `add_attention(model, kind, where=\"blocks\")` with its defaults (no keyword "
             f"arguments) to the small ResNet of the ResNet part (widths {', '.join(map(str, t['widths']))}, one gate "
             f"per basic block); cluttered digits, {t['n_train']} training and {t['n_test']} test canvases, "
-            f"{t['epochs']} epochs, batch {t['batch_size']}, {_seeds(len(g['seeds']))}, paired with the plain "
+            f"{_plural(t['epochs'], 'epoch')}, batch {t['batch_size']}, {_seeds(len(g['seeds']))}, paired with the plain "
             f"network (same data order and shared initial weights per seed). FLOPs: forward of one batch "
             f"({'x'.join(map(str, b))}); {c['flops_note']}. CPU time: forward+backward of one batch, "
             f"{c['time_threads']} thread, {c['time_rounds']} interleaved rounds in one process, median, relative "
