@@ -138,7 +138,7 @@ def committed_section() -> str:
     run = committed()
     if run is None or not run.get("gates"):
         return (f"\n<h2>Gate league</h2><p>Not run in the default tour; run <code>{RUN}</code> "
-                "(about 15-25 minutes of CPU) for it.</p>")
+                "(about 10 minutes of CPU time) for it.</p>")
     env = run["environment"]
     note = (f"<p class=\"box\">Not run now: the default tour leaves the league out (it takes several times the "
             f"tour's CPU budget). This is the committed result of <code>{escape(env.get('command', RUN))}</code> "
@@ -159,6 +159,8 @@ def readme_league(run: dict[str, Any]) -> str:
     env = run["environment"]
     head = (f"Run `{env.get('command', RUN)}` on {env.get('date', '?')}: attnzoo {env.get('attnzoo', '?')}, torch "
             f"{env['torch']}, {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores, {env['threads']} thread "
-            f"used), {run['seconds']:.0f} s in all ({run.get('cpu_seconds', 0):.0f} s of CPU time).")
+            f"used), {run['seconds']:.0f} s in all ({run.get('cpu_seconds', 0):.0f} s of CPU time, load average "
+            f"{env.get('load_average_1min_at_start') or 0:.1f} at the start: other work on the machine slows every "
+            "timing; the CPU time ratios are measured side by side in one process).")
     findings = "\n".join(f"* {text}" for _, text in league_findings(run["gates"]))
     return f"{head}\n\n{league_md(run['gates'])}\n\n{findings}\n"
