@@ -121,6 +121,7 @@ def test_files_written_and_nothing_left_behind(tour):
 def test_results_json_shape_and_ranges(tour):
     r = tour.results
     assert r["seed"] == SEED and r["quick"] is True and r["only"] is None
+    assert "gates" not in r["parts"] and "gates" not in r  # the league runs only with --only gates
     assert isinstance(r["seconds"], float) and r["seconds"] > 0
     env = r["environment"]
     assert env["command"] == f"attnzoo demo --quick --seed {SEED}" and env["attnzoo"] == attnzoo.__version__
@@ -195,6 +196,7 @@ def test_pngs_are_valid_images(tour):
 def test_html_is_self_contained_and_shows_the_numbers(tour):
     html = tour.html
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "Not run now" in html and "attnzoo demo --only gates" in html  # the committed gate league
     referenced = set(re.findall(r'<img src="([^"]+)"', html))
     assert referenced == set(_pngs(tour.files))  # every figure shown, none missing
     lowered = html.lower()

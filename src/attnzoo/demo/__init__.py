@@ -13,6 +13,11 @@ and write a report. The parts are registered in ``parts.py`` (in run order):
 * Positions (``positions.py``, model in ``charlm.py``): a character-level Transformer on
   Tiny Shakespeare with learned, sinusoidal, RoPE, ALiBi and no positions; bits per
   character at 1 to 8 times the training context.
+* Gate league (``gates.py``, only with ``--only gates``): every gate ``add_attention``
+  accepts, one per block of the same ResNet, 5 seeds paired with the plain network;
+  accuracy, verdict, parameters, FLOPs and CPU time. The default tour leaves it out (it
+  takes several times the tour's CPU budget) and its report shows the committed league
+  (``league.py``, ``league.json``).
 * Report (``report.py``): ``DIR/index.html`` (self-contained, figures as PNG files beside
   it) and ``DIR/results.json``, written last. With ``--only``, the other parts' keys are
   absent from ``results.json`` and their sections from the page.
@@ -145,7 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
     start, start_cpu = time.perf_counter(), time.process_time()
     _check_dependencies()
     device = _device(args.device)
-    parts = [args.only] if args.only else list(PARTS)
+    parts = [args.only] if args.only else [p for p in PARTS if _parts.PARTS[p].in_tour]
     budgets = QUICK if args.quick else FULL
     staging = Staging(args.out or (QUICK_OUT if args.quick else DEFAULT_OUT))
     try:

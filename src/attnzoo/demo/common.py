@@ -69,6 +69,22 @@ class ResNetBudget:
 
 
 @dataclass(frozen=True)
+class GatesBudget:
+    """The gate league: the small ResNet of ``resnet.py`` with every ``add_attention`` kind
+    (gate defaults), same data and training as the ResNet part, more seeds; ``time_rounds``
+    interleaved rounds of the CPU timing of one batch's forward and backward."""
+
+    n_train: int
+    n_test: int
+    epochs: int
+    n_seeds: int = 5
+    batch_size: int = 32
+    lr: float = 4e-3
+    widths: tuple[int, ...] = (16, 32, 64)
+    time_rounds: int = 15
+
+
+@dataclass(frozen=True)
 class SpeechBudget:
     """Speaker identification on Japanese Vowels (the official 270/370 split is fixed)."""
 
@@ -111,6 +127,7 @@ FULL = {
     "speech": SpeechBudget(epochs=30),
     "dates": DatesBudget(n_train=6400, n_test=1000, epochs=6),
     "positions": PositionsBudget(steps=140),
+    "gates": GatesBudget(n_train=2000, n_test=1000, epochs=4, n_seeds=5),
 }
 #: A smoke run: every model clearly above chance in well under a minute of CPU (fewer
 #: samples and seeds, one seed for the CNNs, batches of 64, higher learning rates); its
@@ -121,6 +138,7 @@ QUICK = {
     "speech": SpeechBudget(epochs=6, hidden=32, lr=1e-2, n_plot_per_speaker=2),
     "dates": DatesBudget(n_train=2400, n_test=300, epochs=3, lr=5e-3, n_per_format=10, n_curve=100),
     "positions": PositionsBudget(steps=30, n_seeds=1, batch_size=8, lr=2e-2, context=64, scored=64, n_windows=2),
+    "gates": GatesBudget(n_train=640, n_test=128, epochs=2, n_seeds=1, batch_size=64, lr=8e-3, time_rounds=3),
 }
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import dates, findings, page, positions, resnet, speech, tables, vision
+from . import dates, findings, gates, league, page, positions, resnet, speech, tables, vision
 
 __all__ = ["Part", "PARTS"]
 
@@ -33,6 +33,7 @@ class Part:
     section: Callable[[Results], str]  # HTML
     lines: Callable[[Results], list[str]]  # the summary printed at the end
     markdown: Callable[[Results], str]  # README's table
+    in_tour: bool = True  # False: runs only with --only NAME (the default tour leaves it out)
 
     def run(self, *args: Any) -> Results:
         return self.module.run(*args)
@@ -50,4 +51,7 @@ PARTS: dict[str, Part] = {p.name: p for p in (
     Part("positions", positions, "what position schemes (learned, sinusoidal, RoPE, ALiBi, none) buy in a "
          "character-level Transformer, and beyond its training length",
          findings.positions_findings, page.positions_section, tables.positions_lines, tables.positions_md),
+    Part("gates", gates, "the league of every add_attention gate in the small ResNet, with its cost (only with "
+         "--only gates: not in the default tour)", league.league_findings, league.league_section,
+         league.league_lines, league.league_md, in_tour=False),
 )}

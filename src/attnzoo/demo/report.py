@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .league import committed_lines, committed_section
 from .page import page, views_section
 from .parts import PARTS
 from .stats import REPRODUCIBLE, RULE
@@ -28,12 +29,16 @@ def html_page(results: dict[str, Any]) -> str:
     body = "".join(p.section(results[p.name]) for p in _ran(results))
     if results.get("views"):
         body += views_section(results["views"])
+    if not results.get("only"):
+        body += committed_section()  # the league is not in the default tour: its committed table
     return page(results, findings(results), body)
 
 
 def summary(results: dict[str, Any], index: str) -> str:
     """The plain-text summary printed when the tour ends: every part's table, the findings."""
     lines = [line for p in _ran(results) for line in p.lines(results[p.name])]
+    if not results.get("only"):
+        lines += committed_lines()
     if results.get("quick"):
         lines.append("quick run: a smoke test with small budgets; its numbers are not the tour's findings")
     lines += [f"{topic}: {text}" for topic, text in findings(results)]

@@ -96,17 +96,34 @@ def build_variant(name: str, seed: int, budget: ResNetBudget) -> nn.Module:
 
     The shared layers start from the same weights in every variant; the gates draw from
     their own seeded generator, so they too are the same from run to run."""
+    spec = VARIANTS[name]
+    if spec is None:
+        return build_resnet(seed, budget.widths)
+    return build_resnet(seed, budget.widths, spec[0], where=spec[1], reduction=budget.reduction)
+
+
+def build_resnet(seed: int, widths: tuple[int, ...], kind: str | None = None, where: str = "blocks",
+                 **kwargs: Any) -> nn.Module:
+    """The plain ResNet for ``seed`` (``kind=None``), or with ``kind`` gates added by
+    ``add_attention(model, kind, where=where, **kwargs)``: the shared layers start from the
+    same weights for every ``kind``, the gates from their own seeded generator."""
     from .. import add_attention
 
     torch.manual_seed(seed)
-    model = SmallResNet(budget.widths)
-    spec = VARIANTS[name]
-    if spec is not None:
+    model = SmallResNet(widths)
+    if kind is not None:
         model = copy.deepcopy(model)
         torch.manual_seed(10_000 + seed)
-        kind, where = spec
-        add_attention(model, kind, where=where, reduction=budget.reduction)
+        add_attention(model, kind, where=where, **kwargs)
     return model
+
+
+def cluttered_data(n_train: int, n_test: int, seed: int, device: torch.device) -> tuple[tuple[Tensor, Tensor],
+                                                                                        tuple[Tensor, Tensor]]:
+    """The cluttered digits of ``seed``: ((train images, labels), (test images, labels)) on ``device``."""
+    train = make_cluttered_digits(n_train, split="train", seed=seed)
+    test = make_cluttered_digits(n_test, split="test", seed=seed)
+    return (train.images.to(device), train.labels.to(device)), (test.images.to(device), test.labels.to(device))
 
 
 def run(budget: ResNetBudget, seed: int, device: torch.device, fig_dir: Any) -> dict[str, Any]:
@@ -117,10 +134,7 @@ def run(budget: ResNetBudget, seed: int, device: torch.device, fig_dir: Any) -> 
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     gates: dict[str, int] = {}
     for s in seeds:
-        train = make_cluttered_digits(budget.n_train, split="train", seed=s)
-        test = make_cluttered_digits(budget.n_test, split="test", seed=s)
-        xtr, ytr = train.images.to(device), train.labels.to(device)
-        xte, yte = test.images.to(device), test.labels.to(device)
+        (xtr, ytr), (xte, yte) = cluttered_data(budget.n_train, budget.n_test, s, device)
         for name in VARIANTS:
             model = build_variant(name, s, budget).to(device)
             gates[name] = len(find_attention(model))
