@@ -31,13 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import functional as _functional
 from ._blockgrad import Blockwise, Strided, _fold, _gather, _positions, _take, _unfold
 from ._blockweights import block_weights
 from ._fused_autograd import fused_attention, math_attention, needs_math, wants_grad
 from ._masked import _zero_hidden_keys
+from ._sdpa_checks import _validate
 from ._weights import RowIndex, _row_index
-from .masks import EMPTY, PARTIAL, StructuredMask, _All, _as_mask, causal
+from ._structured import EMPTY, PARTIAL, StructuredMask, _All, _as_mask, causal
 
 __all__ = ["block_attention"]
 
@@ -70,7 +70,7 @@ def block_attention(
     this for `mask=`/`score_bias=`. Returns `out` or, with `need_weights`, `(out, weights)`
     (exact, dense `(B, H, R, S)`, or head-averaged `(B, R, S)`).
     """
-    batch = _functional._validate(query, key, value, attn_mask, dropout_p, enable_gqa)
+    batch = _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
     if not enable_gqa and not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
         query = query.expand(*batch, *query.shape[-2:])  # (*, L, E)
         key = key.expand(*batch, *key.shape[-2:])  # (*, S, E)
