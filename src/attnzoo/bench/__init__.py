@@ -80,9 +80,10 @@ _MODULES = {
                         "throughput"],
     "cases_models": ["decode", "compile", "gating"],
     "cases_hf": ["hf"],
+    "cases_gates": ["gates"],
 }
 _ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
-          "gating", "throughput", "hf"]
+          "gating", "gates", "throughput", "hf"]
 
 
 def group_names() -> list[str]:
