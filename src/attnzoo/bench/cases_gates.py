@@ -90,6 +90,15 @@ def randomise_zeros(m: nn.Module) -> None:
                 p.normal_(0.0, 0.5)
 
 
+def _both_orders(ctx: Context, a: Callable[[], None], b: Callable[[], None]) -> tuple[float, float]:
+    """Mean of two interleaved medians, A B A B ... then B A B A ... (half the repeats each):
+    on a loaded CPU the side sampled first ran a few % slower even against itself."""
+    half = max(1, ctx.repeats // 2)
+    a1, b1 = ctx.compare(a, b, repeats=half)
+    b2, a2 = ctx.compare(b, a, repeats=half, warmup=0)
+    return (a1 + a2) / 2, (b1 + b2) / 2
+
+
 def _flops(fn: Callable[[], Any]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fn()
@@ -136,7 +145,7 @@ def gates_group(ctx: Context) -> Iterator[Job]:
         with torch.no_grad():
             diff = (ours() - plain()).abs().max().item()
         params = [*stage.parameters(), *m.parameters()]
-        a, r = ctx.compare(step(ours, params), step(plain, params))
+        a, r = _both_orders(ctx, step(ours, params), step(plain, params))
         flops, flops_plain = _flops(ours), _flops(plain)
         base_s, base_flops = state["stage_s"], state["stage_flops"]
         paper, cite = PAPER.get(name, (None, None))
