@@ -14,8 +14,9 @@ Per gate, two rows:
   (attnzoo's module) over the same stage without a gate, the two timed interleaved in
   that job (a baseline timed once apart drifted by more than the overheads); reference
   column: forward FLOPs overhead counted by `torch.utils.flop_counter.FlopCounterMode`
-  (convs and matmuls only, no elementwise ops); the paper's figure, where known, is in
-  the operation name and in `extra`.
+  (convs and matmuls only, no elementwise ops) on the plain formula, the same math: the
+  counter misses the CPU fused attention op NonLocal runs (its count is `extra["flops"]`);
+  the paper's figure, where known, is in the operation name and in `extra`.
 
 And a memory row: NonLocal fwd+bwd at 56x56 (B=2, C=256) vs the (HW)² softmax formula,
 peak memory of each in a fresh process (`_memory.py`).
@@ -151,7 +152,7 @@ def gates_group(ctx: Context) -> Iterator[Job]:
         flops, flops_plain = _flops(ours), _flops(plain)
         base_flops = state["stage_flops"]
         paper, cite = PAPER.get(name, (None, None))
-        time_pct, flops_pct = 100 * (gated_s - base_s) / base_s, 100 * (flops - base_flops) / base_flops
+        time_pct, flops_pct = 100 * (gated_s - base_s) / base_s, 100 * (flops_plain - base_flops) / base_flops
         where_text = "replacing the 3x3 conv" if name in UNITS else "on the residual branch"
         return [
             Row("gates", f"{name} stage fwd+bwd", shape, attnzoo=a, reference=r,
@@ -159,7 +160,7 @@ def gates_group(ctx: Context) -> Iterator[Job]:
                 extra={"max_abs_diff": diff}),
             Row("gates", f"{name} overhead over stage (paper: {paper or '-'})", shape, unit="%",
                 attnzoo=time_pct, reference=flops_pct,
-                reference_name="forward FLOPs overhead, FlopCounterMode (convs and matmuls)",
+                reference_name="forward FLOPs overhead of the plain formula, FlopCounterMode (convs and matmuls)",
                 extra={"time_overhead_pct": time_pct, "gated_stage_s": gated_s, "stage_s": base_s,
                        "flops_overhead_pct": flops_pct, "flops": flops,
                        "flops_plain_formula": flops_plain, "stage_flops": base_flops,
