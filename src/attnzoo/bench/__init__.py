@@ -85,9 +85,10 @@ _MODULES = {
     "cases_models": ["decode", "compile", "gating"],
     "cases_hf": ["hf"],
     "cases_masks": ["structured"],
+    "cases_gates": ["gates"],
 }
 _ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
-          "gating", "throughput", "hf", "structured"]
+          "gating", "gates", "throughput", "hf", "structured"]
 
 
 def group_names() -> list[str]:
