@@ -6,7 +6,7 @@
 """
 
 from . import _entry  # noqa: F401  (first: Ctrl-C while the attnzoo command starts -> one line)
-from . import functional
+from . import functional, masks
 from .attention import CrossAttention, MultiHeadAttention, SelfAttention
 from .gates import BAM, ECA, SRM, CoordAttention, EffectiveSE, GatherExcite, TripletAttention
 from .gates.channel import ChannelAttention, SqueezeExcite
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "functional",
+    "masks",
     "MultiHeadAttention",
     "SelfAttention",
     "CrossAttention",

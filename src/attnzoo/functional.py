@@ -36,7 +36,8 @@ right-aligned: ``q (4, 3, 8)`` with ``k, v (4, 4, 6, 8)`` gives ``(4, 4, 3, 8)``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -46,6 +47,11 @@ from ._checks import check_dropout, check_mask_dtype, check_tensor
 from ._fused_autograd import math_attention, needs_math, wants_grad
 from ._masked import _causal_masked_sdpa, _fused, _zero_hidden_keys
 from ._weights import RowIndex, _head_mean, _row_index, attention_weights
+
+if TYPE_CHECKING:
+    from .masks import StructuredMask
+
+ScoreBias = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = ["RowIndex", "attention_reference", "attention_weights", "fused_output", "scaled_dot_product_attention"]
 
@@ -89,6 +95,9 @@ def scaled_dot_product_attention(
     enable_gqa: bool = False,
     need_weights: bool = False,
     weights_for: RowIndex = None,
+    *,
+    mask: StructuredMask | None = None,
+    score_bias: ScoreBias | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Drop-in for ``F.scaled_dot_product_attention`` that can also return the weights.
 
@@ -96,6 +105,14 @@ def scaled_dot_product_attention(
     returned weights to those rows, shape ``(*, len(rows), S)``, at O(rows × S) memory.
     With ``dropout_p > 0`` and ``need_weights`` the output is computed from the returned
     (dropped-out) weights, so ``out == weights @ value`` still holds.
+
+    ``mask`` (a structured mask from `attnzoo.masks`: `sliding_window`, `sinks`,
+    `documents`, `causal`, `mask_mod`, combined with `&`/`|`) and ``score_bias``
+    (`score_bias(q_idx (lq, 1), kv_idx (1, lk)) -> (H or 1, lq, lk)` float tile added to
+    the scores) run block by block, visiting only the key blocks the mask does not hide
+    (`attnzoo.masks.block_attention`): no L×S mask or (H, L, S) bias is ever built. Both
+    combine with ``attn_mask``, ``is_causal``, ``enable_gqa`` and the weights arguments;
+    the query is then (B, H, L, E), (H, L, E) or (L, E).
     """
     batch = _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
     if not enable_gqa and not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
@@ -103,6 +120,12 @@ def scaled_dot_product_attention(
         query = query.expand(*batch, *query.shape[-2:])  # (*, L, E)
         key = key.expand(*batch, *key.shape[-2:])  # (*, S, E)
         value = value.expand(*batch, *value.shape[-2:])  # (*, S, Ev)
+    if mask is not None or score_bias is not None:  # structured: block by block (attnzoo._blocksparse)
+        from ._blocksparse import check_structured, structured_sdpa
+
+        check_structured(query, mask, score_bias)
+        return structured_sdpa(query, key, value, mask, score_bias, attn_mask, dropout_p, is_causal, scale,
+                               need_weights, weights_for)
     return sdpa(
         query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
         need_weights=need_weights, weights_for=weights_for,

@@ -80,9 +80,10 @@ _MODULES = {
                         "throughput"],
     "cases_models": ["decode", "compile", "gating"],
     "cases_hf": ["hf"],
+    "cases_masks": ["structured"],
 }
 _ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
-          "gating", "throughput", "hf"]
+          "gating", "throughput", "hf", "structured"]
 
 
 def group_names() -> list[str]:

@@ -1,0 +1,512 @@
+"""Attention under a structured mask, one block of query rows at a time, visiting only
+the key blocks the mask does not hide: time and memory O(visible scores), never O(L·S).
+
+Shapes: query (B, H, L, E), key (B, Hk, S, E), value (B, Hk, S, Ev) -> out (B, H, L, Ev)
+(Hk divides H with `enable_gqa`; (H, L, E) and (L, E) inputs count as B = 1, H = 1);
+weights (B, H, R, S) for R chosen query rows. Mask polarity: True = may attend (the
+structured mask and a bool `attn_mask` alike; a float `attn_mask` is added).
+
+For each block of `block_q` query rows the mask's block map (`attnzoo.masks`) names the
+key blocks that are not `EMPTY`; their keys (a slice when they are contiguous, gathered
+otherwise) go to torch's fused kernel in one call, with a small bool tile built only when
+some block is `PARTIAL` (or a float tile when a score bias or float mask is given). The
+autograd graph is the per-block kernels', so the backward also stays O(visible). Rows that
+may attend to nothing give 0 output, 0 weights and finite (zero) gradients.
+
+`score_bias(q_idx, kv_idx)` gets long tensors `q_idx (lq, 1)` and `kv_idx (1, lk)` of
+absolute positions and returns a float `(H or 1, lq, lk)` (or `(lq, lk)`) tile added to
+the scores of that block: ALiBi's `-slope * (i - j)` or a T5 relative bias without any
+(H, L, S) tensor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import functional as _functional
+from ._fused_autograd import fused_attention, math_attention, needs_math, wants_grad
+from ._masked import _zero_hidden_keys
+from ._weights import RowIndex, _row_index
+from .masks import EMPTY, PARTIAL, StructuredMask, _All, _as_mask, causal
+
+__all__ = ["block_attention"]
+
+ScoreBias = Callable[[Tensor, Tensor], Tensor]
+
+# Query rows per block, and key positions per block of the block map. A query block sees
+# its visible key blocks in one kernel call, so the span it scores is the visible keys
+# rounded out to whole key blocks: smaller key blocks waste less, larger query blocks
+# make fewer calls.
+_BLOCK_Q = 128
+_BLOCK_KV = 64
+# Consecutive query blocks that see as many keys are batched into one kernel call of at
+# most this many scores (each call is a round of the thread pool; the gathered keys of a
+# call are a copy, so the calls stay modest).
+_GROUP_SCORES = 1 << 23
+_FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+
+
+def block_attention(
+    query: Tensor, key: Tensor, value: Tensor, mask: StructuredMask | None = None, *,
+    scale: float | None = None, score_bias: ScoreBias | None = None, attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0, is_causal: bool = False, enable_gqa: bool = False, need_weights: bool = False,
+    weights_for: RowIndex = None, average_heads: bool = False, block_q: int = _BLOCK_Q, block_kv: int = _BLOCK_KV,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(Q Kᵀ · scale + bias + mask) V over the blocks `mask` does not hide.
+
+    `mask` (from `attnzoo.masks`; None = every key) combines with `attn_mask`, `is_causal`
+    and `enable_gqa` as in `attnzoo.functional.scaled_dot_product_attention`, which calls
+    this for `mask=`/`score_bias=`. Returns `out` or, with `need_weights`, `(out, weights)`
+    (exact, dense `(B, H, R, S)`, or head-averaged `(B, R, S)`).
+    """
+    batch = _functional._validate(query, key, value, attn_mask, dropout_p, enable_gqa)
+    if not enable_gqa and not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):
+        query = query.expand(*batch, *query.shape[-2:])  # (*, L, E)
+        key = key.expand(*batch, *key.shape[-2:])  # (*, S, E)
+        value = value.expand(*batch, *value.shape[-2:])  # (*, S, Ev)
+    check_structured(query, mask, score_bias, block_q, block_kv)
+    return structured_sdpa(query, key, value, mask, score_bias, attn_mask, dropout_p, is_causal, scale,
+                           need_weights, weights_for, average_heads, block_q, block_kv)
+
+
+def check_structured(query: Tensor, mask: object, score_bias: object, block_q: int = _BLOCK_Q,
+                     block_kv: int = _BLOCK_KV) -> None:
+    """The checks of the `mask=`/`score_bias=` arguments (TypeError/ValueError naming them)."""
+    if mask is not None:
+        _as_mask("mask", mask)
+    if score_bias is not None and not callable(score_bias):
+        raise TypeError(f"score_bias must be callable as score_bias(q_idx, kv_idx), got {type(score_bias).__name__}")
+    if query.dim() > 4:
+        raise ValueError(f"with mask= or score_bias=, query must be (B, H, L, E), (H, L, E) or (L, E), "
+                         f"got {tuple(query.shape)}")
+    for name, n in (("block_q", block_q), ("block_kv", block_kv)):
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"{name} must be a positive int, got {n!r}")
+
+
+def structured_sdpa(
+    query: Tensor, key: Tensor, value: Tensor, mask: StructuredMask | None, score_bias: ScoreBias | None,
+    attn_mask: Tensor | None, dropout_p: float, is_causal: bool, scale: float | None, need_weights: bool,
+    weights_for: RowIndex, average_heads: bool = False, block_q: int = _BLOCK_Q, block_kv: int = _BLOCK_KV,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Unchecked core of `block_attention` (inputs validated and batch dims broadcast)."""
+    lead = query.shape[:-2]  # the caller's batch dims, restored at the end
+    q = query.reshape(*(1,) * (4 - query.dim()), *query.shape)  # (B, H, L, E)
+    k = key.reshape(*(1,) * (4 - key.dim()), *key.shape)  # (B, Hk, S, E)
+    v = value.reshape(*(1,) * (4 - value.dim()), *value.shape)  # (B, Hk, S, Ev)
+    if attn_mask is not None:
+        attn_mask = attn_mask.reshape(*(1,) * (4 - attn_mask.dim()), *attn_mask.shape)  # (B|1, H|1, L|1, S|1)
+    if k.size(1) != q.size(1):  # enable_gqa: every group of query heads shares one key/value head
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)  # (B, H, S, E)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)  # (B, H, S, Ev)
+    if attn_mask is not None:  # keys no query may see: 0, so NaN/Inf stored there stays out
+        k, v = _zero_hidden_keys(k, v, attn_mask)
+    mask = _All() if mask is None else mask
+    mask = mask & causal() if is_causal else mask
+    run = _Blocks(q, k, v, mask, score_bias, attn_mask, scale, block_q, block_kv)
+
+    if need_weights and dropout_p > 0.0:  # dropout acts on the returned weights, as in torch
+        out, weights = run.weights(None, dropout_p, average_heads, with_output=True)
+        if weights_for is not None:
+            weights = weights[..., _row_index(weights_for, run.L, q.device), :]
+    else:
+        out = run.output(dropout_p)
+        weights = run.weights(weights_for, 0.0, average_heads, with_output=False)[1] if need_weights else None
+    out = out.reshape(*lead, *out.shape[-2:])  # (*, L, Ev)
+    if weights is None:
+        return out
+    w_lead = lead[:-1] if average_heads else lead
+    return out, weights.reshape(*w_lead, *weights.shape[-2:])  # (*, R, S)
+
+
+class _Blocks:
+    """One call: the inputs, the block map, and the tiles and blocks of the two passes."""
+
+    def __init__(self, q: Tensor, k: Tensor, v: Tensor, mask: StructuredMask, bias: ScoreBias | None,
+                 attn_mask: Tensor | None, scale: float | None, block_q: int, block_kv: int) -> None:
+        self.q, self.k, self.v, self.mask, self.bias, self.attn_mask = q, k, v, mask, bias, attn_mask
+        self.B, self.H, self.L, E = q.shape
+        self.S = k.size(-2)
+        self.scale = 1.0 / math.sqrt(E) if scale is None else scale
+        self.bq, self.bk = block_q, block_kv
+        mask._check(self.L, self.S, self.B)
+        bmap = mask.block_map(self.L, self.S, block_q, block_kv, self.B, self.H)  # (nq, nk) int8
+        self.visible: list[list[int]] = [[] for _ in range(bmap.size(0))]
+        self.partial = [False] * bmap.size(0)
+        if bmap.numel():
+            self.partial = (bmap == PARTIAL).any(dim=1).tolist()
+            for i, j in (bmap > EMPTY).nonzero().tolist():
+                self.visible[i].append(j)
+        self.math = needs_math(q, k, v, attn_mask)  # torch.func, forward AD: plain ops per block
+        # a mask of i - j alone (windows, causal) with nothing else: one tile per diagonal offset
+        self.relative = mask.relative and attn_mask is None and bias is None
+        self.cache: dict[tuple[int, int, int], object] = {}
+
+    # ------------------------------------------------------------------ one block's keys
+    def keys(self, i: int) -> tuple[slice | Tensor, Tensor] | None:
+        """Key columns of query block i: (a slice or an index tensor, their positions), or None."""
+        blocks = self.visible[i] if i < len(self.visible) else []
+        if not blocks:
+            return None
+        s0, s1 = blocks[0] * self.bk, min(self.S, (blocks[-1] + 1) * self.bk)
+        dev = self.q.device
+        if blocks[-1] - blocks[0] + 1 == len(blocks):  # contiguous: a view, no copy
+            return slice(s0, s1), torch.arange(s0, s1, device=dev)
+        pos = torch.cat([torch.arange(j * self.bk, min(self.S, (j + 1) * self.bk), device=dev) for j in blocks])
+        return pos, pos
+
+    def tile(self, partial: bool, qpos: Tensor, rows: slice | Tensor, kpos: Tensor,
+             cols: slice | Tensor) -> Tensor | None:
+        """The mask of query rows `qpos` × keys `kpos`: None (all visible), bool or float
+        (B|1, H|1, lq, lk)."""
+        lq, lk = qpos.numel(), kpos.numel()
+        allowed = None
+        if partial:  # the structured mask hides some of these pairs
+            b = torch.arange(self.B, device=qpos.device).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+            h = torch.arange(self.H, device=qpos.device).view(1, -1, 1, 1)  # (1, H, 1, 1)
+            allowed = self.mask(b, h, qpos.view(1, 1, lq, 1), kpos.view(1, 1, 1, lk))
+            allowed = allowed.reshape(*(1,) * (4 - allowed.dim()), *allowed.shape)  # (B|1, H|1, lq|1, lk|1)
+        extra = None  # float terms added to the scores
+        if self.attn_mask is not None:
+            am = self.attn_mask
+            am = am if am.size(-2) == 1 else _take(am, -2, rows)
+            am = am if am.size(-1) == 1 else _take(am, -1, cols)  # (B|1, H|1, lq|1, lk|1)
+            if am.dtype == torch.bool:
+                allowed = am if allowed is None else allowed & am
+            else:
+                extra = am
+        if self.bias is not None:
+            t = self.bias(qpos.view(lq, 1), kpos.view(1, lk))
+            if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() not in (2, 3) \
+                    or t.shape[-2:] != (lq, lk) or (t.dim() == 3 and t.size(0) not in (1, self.H)):
+                got = f"shape {tuple(t.shape)} dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"score_bias(q_idx, kv_idx) must return a float (H or 1, lq, lk) = "
+                                 f"({self.H} or 1, {lq}, {lk}) tensor, got {got}")
+            t = t.to(self.q.dtype).reshape(1, -1, lq, lk)  # (1, H|1, lq, lk)
+            extra = t if extra is None else extra + t
+        if extra is None:
+            return allowed
+        return extra if allowed is None else extra.masked_fill(~allowed, -math.inf)
+
+    # ------------------------------------------------------------------ the output pass
+    def plan(self) -> list[tuple[int, int, slice | Tensor | None, tuple]]:
+        """Per query block: (r0, r1, key columns or None when nothing is visible, the recipe
+        of its tile for `prepared`). Tiles are built when their block runs, never all at once."""
+        out = []
+        for i, r0 in enumerate(range(0, self.L, self.bq)):
+            r1 = min(self.L, r0 + self.bq)
+            found = self.keys(i)
+            cols, kpos = (None, None) if found is None else found
+            out.append((r0, r1, cols, (self.partial[i], r0, r1, cols, kpos)))
+        return out
+
+    def prepared(self, partial: bool, r0: int, r1: int, cols: slice | Tensor, kpos: Tensor) -> object:
+        """The tile of query block i (rows r0..r1-1) over its keys: bool/float/None with
+        `math`, else `_opened`'s (float mask, empty rows). A relative mask's tile repeats
+        along the diagonal, so it is built once per offset."""
+        key = (r0 - cols.start, r1 - r0, kpos.numel()) if self.relative and isinstance(cols, slice) else None
+        if key is not None and key in self.cache:
+            return self.cache[key]
+        tile = self.tile(partial, torch.arange(r0, r1, device=self.q.device), slice(r0, r1), kpos, cols)
+        if self.math:
+            prepared = tile
+        elif not partial and self.attn_mask is None:  # a bias alone (finite): no row is empty
+            prepared = (tile, None)
+        else:
+            prepared = _opened(tile, self.q.dtype)
+        if key is not None:
+            self.cache[key] = prepared
+        return prepared
+
+    def tiles_want_grad(self) -> bool:
+        """Whether a tile carries a gradient (a learned score bias, a float attn_mask)."""
+        if self.attn_mask is not None and self.attn_mask.requires_grad:
+            return True
+        if self.bias is None or not torch.is_grad_enabled():
+            return False
+        one = torch.zeros(1, 1, dtype=torch.long, device=self.q.device)
+        probe = self.bias(one, one)  # a 1×1 tile: does the bias come from parameters?
+        return isinstance(probe, Tensor) and probe.requires_grad
+
+    def groups(self) -> list[tuple[int, int, Tensor | slice | None, list, bool]]:
+        """The plan in kernel calls of at most `_GROUP_SCORES` scores: runs of consecutive
+        query blocks that see the same keys (one call over their rows), or failing that,
+        blocks of one length that see as many keys (one call, the blocks batched). Each:
+        (r0, r1, key columns (of every block in order when batched; None when nothing is
+        visible), the blocks' tile recipes, batched)."""
+        out: list[tuple[int, int, Tensor | slice | None, list, bool]] = []
+        run: list = []
+        fold = False
+
+        def flush() -> None:
+            if not run:
+                return
+            cols = run[0][2]
+            if fold:  # the blocks' columns, one after the other
+                cols = torch.cat([_positions(c, self.q.device) for _, _, c, _ in run])
+            out.append((run[0][0], run[-1][1], cols, [t for *_, t in run], fold))
+            run.clear()
+
+        for block in self.plan():
+            r0, r1, cols, _ = block
+            joins = bool(run) and cols is not None and run[0][2] is not None
+            if joins:
+                lk, first = _length(cols), run[0][2]
+                joins = (run[-1][1] - run[0][0] + r1 - r0) * lk * self.H <= _GROUP_SCORES
+                same = _same(cols, first) and not fold
+                batch = (len(run) == 1 or fold) and r1 - r0 == run[0][1] - run[0][0] and lk == _length(first)
+                joins = joins and (same or batch)
+                if joins and not same:
+                    fold = True
+            if not joins:
+                flush()
+                fold = False
+            run.append(block)
+        flush()
+        return out
+
+    def output(self, p: float) -> Tensor:
+        """Attention output (B, H, L, Ev), a group of query blocks (one kernel call) at a time."""
+        if self.L == 0 or self.S == 0:  # nothing to score: 0, through plain ops (gradients stay defined)
+            return math_attention(self.q, self.k, self.v, None, 0.0, False, self.scale)[0]
+        groups = self.groups()
+        if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not self.tiles_want_grad():
+            # the backward recomputes each group: nothing per block is kept for it
+            return _Recomputed.apply(self.q, self.k, self.v, self, groups)
+        outs = [self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None, tiles, fold, p)
+                for r0, r1, cols, tiles, fold in groups]
+        return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
+
+    def group(self, qr: Tensor, kg: Tensor, vg: Tensor, nothing: bool, recipes: list, fold: bool,
+              p: float) -> Tensor:
+        """Output rows (B, H, R, Ev) of the query blocks `qr` (B, H, R, E) of `recipes` in one
+        kernel call, over their keys/values `kg`, `vg`: shared (B, H, lk, E|Ev), or with
+        `fold` gathered per block (B, H, g·lk, E|Ev) and the g blocks batched."""
+        if nothing:  # nothing visible: 0 (over no keys, so gradients stay defined: 0)
+            return math_attention(qr, kg[:, :, :0], vg[:, :, :0], None, 0.0, False, self.scale)[0]
+        q4, k4, v4, tile = self.kernel_inputs(qr, kg, vg, recipes, fold)
+        if self.math:
+            out = math_attention(q4, k4, v4, tile, p, False, self.scale)[0]
+        else:
+            fmask, empty = tile
+            out = fused_attention(q4, k4, v4, fmask, p, False, self.scale)  # (B|B·g, H, R|lq, Ev)
+            out = out if empty is None else out.masked_fill(empty, 0.0)  # rows that see nothing: 0
+        return _unfold(out, qr.size(0), len(recipes)) if fold else out
+
+    def kernel_inputs(self, qr: Tensor, kg: Tensor, vg: Tensor, recipes: list,
+                      fold: bool) -> tuple[Tensor, Tensor, Tensor, Any]:
+        """What one kernel call of a group gets: q, k, v ((B·g, H, lq|lk, E) when `fold`) and
+        the tile (see `prepared`)."""
+        if not fold:  # the blocks share their keys: one longer block of rows, one tile
+            first, last = recipes[0], recipes[-1]
+            return qr, kg, vg, self.prepared(any(r[0] for r in recipes), first[1], last[2], first[3], first[4])
+        g, B = len(recipes), qr.size(0)
+        lq, lk = qr.size(-2) // g, kg.size(-2) // g
+        tiles = [self.prepared(*recipe) for recipe in recipes]  # built now, dropped after the call
+        if self.math:
+            tile = _stacked(tiles, B, lq, lk, none=True)
+        else:
+            tile = (_stacked([t[0] for t in tiles], B, lq, lk), _stacked([t[1] for t in tiles], B, lq, 1, none=False))
+        return _fold(qr, g), _fold(kg, g), _fold(vg, g), tile
+
+    # ------------------------------------------------------------------ the weights pass
+    def weights(self, rows: RowIndex, p: float, average: bool, with_output: bool) -> tuple[Tensor | None, Tensor]:
+        """Exact weights (B, H, R, S) (or (B, R, S) averaged) of the chosen rows, and with
+        `with_output` (all rows) the output `dropout(weights) @ value` (B, H, L, Ev)."""
+        dev = self.q.device
+        index = None if rows is None else _row_index(rows, self.L, dev)
+        pos = torch.arange(self.L, device=dev) if index is None else index
+        order = None if index is None else torch.sort(pos // self.bq, stable=True).indices
+        sorted_pos = pos if order is None else pos[order]
+        ws, outs, start = [], [], 0
+        for i, group in itertools.groupby((sorted_pos // self.bq).tolist()):
+            n = len(list(group))
+            qpos, start = sorted_pos[start:start + n], start + n  # the chosen rows in query block i
+            sel = slice(int(qpos[0]), int(qpos[-1]) + 1) if index is None else qpos
+            w, o = self._weights_block(i, qpos, sel, p, with_output)
+            ws.append(w.mean(dim=-3) if average else w)
+            outs.append(o)
+        if not ws:
+            shape = (self.B, 0, self.S) if average else (self.B, self.H, 0, self.S)
+            return (self.v.new_zeros(self.B, self.H, 0, self.v.size(-1)) if with_output else None), self.q.new_zeros(shape)
+        w = torch.cat(ws, dim=-2)  # (B, [H,] R, S) in block order
+        if order is not None:
+            w = w.index_select(-2, torch.argsort(order))  # back in the asked order
+        return (torch.cat(outs, dim=-2) if with_output else None), w
+
+    def _weights_block(self, i: int, qpos: Tensor, rows: slice | Tensor, p: float,
+                       with_output: bool) -> tuple[Tensor, Tensor | None]:
+        lq = qpos.numel()
+        found = self.keys(i)
+        if found is None:
+            w = self.q.new_zeros(self.B, self.H, lq, self.S)
+            return w, (self.v.new_zeros(self.B, self.H, lq, self.v.size(-1)) if with_output else None)
+        cols, kpos = found
+        acc = torch.float32 if self.q.dtype in (torch.float16, torch.bfloat16) else self.q.dtype
+        qb = _take(self.q, -2, rows).to(acc)  # (B, H, lq, E)
+        scores = qb @ _take(self.k, -2, cols).to(acc).transpose(-2, -1) * self.scale  # (B, H, lq, lk)
+        tile = self.tile(self.partial[i], qpos, rows, kpos, cols)
+        if tile is not None:
+            scores = scores.masked_fill(~tile, -math.inf) if tile.dtype == torch.bool else scores + tile
+        empty = scores.isneginf().all(dim=-1, keepdim=True)  # (B, H, lq, 1) rows that see nothing
+        w = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+        if p > 0.0:
+            w = F.dropout(w, p=p)
+        out = (w @ _take(self.v, -2, cols).to(acc)).to(self.v.dtype) if with_output else None  # (B, H, lq, Ev)
+        if isinstance(cols, slice):  # spread over all S keys
+            w = F.pad(w, (cols.start, self.S - cols.stop))
+        else:
+            w = w.new_zeros(*w.shape[:-1], self.S).index_copy(-1, cols, w)
+        return w.to(self.q.dtype), out
+
+
+def _take(x: Tensor, dim: int, index: slice | Tensor) -> Tensor:
+    """`x` restricted to `index` (a slice: a view; a tensor: gathered) along `dim`."""
+    if isinstance(index, slice):
+        return x.narrow(dim, index.start, index.stop - index.start)
+    return x.index_select(dim, index)
+
+
+def _opened(tile: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+    """A tile for the fused kernel: (float mask with the rows that see nothing opened, those
+    rows (B|1, H|1, lq, 1) or None when every row sees a key). Few ops: each one is a
+    thread-pool round trip on a CPU."""
+    if tile is None:
+        return None, None
+    if tile.dtype == torch.bool:
+        seen = tile.any(dim=-1, keepdim=True)
+        tile = torch.where(tile, torch.zeros((), dtype=dtype), torch.full((), -math.inf, dtype=dtype))
+    else:
+        seen = ~tile.isneginf().all(dim=-1, keepdim=True)
+    if bool(seen.all()):
+        return tile, None
+    return tile.masked_fill(~seen, 0.0), ~seen
+
+
+class _Recomputed(torch.autograd.Function):
+    """The blockwise output with a backward that recomputes one group of blocks at a time.
+
+    Autograd through the blocks would keep every block's inputs and, worse, send each
+    block's key/query gradient back through a slice of the whole tensor (a full-size
+    zero tensor per block: O(L·S) traffic). Here the backward writes each group's
+    gradients straight into dq, dk, dv; with `create_graph=True` it builds them from
+    differentiable ops on the saved inputs instead.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, run, groups):  # type: ignore[override]
+        out = v.new_empty(*q.shape[:-1], v.size(-1))  # (B, H, L, Ev)
+        lses: list[Tensor | None] = []  # per group: the CPU flash kernel's log-sum-exp, or None: recompute
+        with torch.no_grad():
+            for r0, r1, cols, recipes, fold in groups:
+                qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
+                lse = None
+                if cols is not None and q.device.type == "cpu":
+                    q4, k4, v4, (fmask, empty) = run.kernel_inputs(qr, kg, vg, recipes, fold)
+                    if empty is None and torch._fused_sdp_choice(q4, k4, v4, fmask, 0.0, False,
+                                                                 scale=run.scale) == _FLASH:
+                        o4, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                            q4, k4, v4, 0.0, False, attn_mask=fmask, scale=run.scale)
+                        out[:, :, r0:r1] = _unfold(o4, q.size(0), len(recipes)) if fold else o4
+                if lse is None:
+                    out[:, :, r0:r1] = run.group(qr, kg, vg, cols is None, recipes, fold, 0.0)
+                lses.append(lse)
+        ctx.run, ctx.groups, ctx.lses = run, groups, lses
+        ctx.save_for_backward(q, k, v, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, out = ctx.saved_tensors
+        run = ctx.run
+        higher = torch.is_grad_enabled()  # create_graph=True: differentiable gradients
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for (r0, r1, cols, recipes, fold), lse in zip(ctx.groups, ctx.lses):
+            if cols is None:
+                continue
+            qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
+            go = grad_out[:, :, r0:r1]
+            if lse is not None and not higher:  # the kernel's own backward, no second forward
+                q4, k4, v4, (fmask, _) = run.kernel_inputs(qr, kg, vg, recipes, fold)
+                g, B = len(recipes), q.size(0)
+                o4, go4 = (_fold(out[:, :, r0:r1], g), _fold(go, g)) if fold else (out[:, :, r0:r1], go)
+                gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    go4.contiguous(), q4, k4, v4, o4, lse, 0.0, False, attn_mask=fmask, scale=run.scale)
+                if fold:
+                    gq, gk, gv = _unfold(gq, B, g), _unfold(gk, B, g), _unfold(gv, B, g)
+            else:  # recompute the group's forward, then its backward
+                if not higher:
+                    qr, kg, vg = (t.detach().requires_grad_() for t in (qr, kg, vg))
+                with torch.enable_grad():
+                    o = run.group(qr, kg, vg, False, recipes, fold, 0.0)
+                    gq, gk, gv = torch.autograd.grad(o, (qr, kg, vg), go, create_graph=higher)
+            idx = _positions(cols, q.device)
+            if higher:  # out of place: the sums stay differentiable
+                dq = dq.index_add(-2, torch.arange(r0, r1, device=q.device), gq)
+                dk, dv = dk.index_add(-2, idx, gk), dv.index_add(-2, idx, gv)
+            else:
+                dq[:, :, r0:r1] = gq
+                if isinstance(cols, slice):
+                    dk[:, :, cols] += gk
+                    dv[:, :, cols] += gv
+                else:
+                    dk.index_add_(-2, idx, gk)
+                    dv.index_add_(-2, idx, gv)
+        return dq, dk, dv, None, None
+
+
+def _fold(x: Tensor, g: int) -> Tensor:
+    """(B, H, g·l, E) -> (B·g, H, l, E): g blocks of rows become batch elements."""
+    B, H, R, E = x.shape
+    return x.reshape(B, H, g, R // g, E).transpose(1, 2).reshape(B * g, H, R // g, E)
+
+
+def _unfold(x: Tensor, B: int, g: int) -> Tensor:
+    """(B·g, H, l, E) -> (B, H, g·l, E), the inverse of `_fold`."""
+    _, H, n, E = x.shape
+    return x.reshape(B, g, H, n, E).transpose(1, 2).reshape(B, H, g * n, E)
+
+
+def _gather(k: Tensor, v: Tensor, cols: slice | Tensor | None) -> tuple[Tensor, Tensor]:
+    """Keys and values at `cols` (a view for a slice; gathered for an index tensor)."""
+    if cols is None:
+        return k[:, :, :0], v[:, :, :0]
+    return _take(k, -2, cols), _take(v, -2, cols)
+
+
+def _positions(cols: slice | Tensor, device: torch.device) -> Tensor:
+    return torch.arange(cols.start, cols.stop, device=device) if isinstance(cols, slice) else cols
+
+
+def _length(cols: slice | Tensor) -> int:
+    return cols.stop - cols.start if isinstance(cols, slice) else cols.numel()
+
+
+def _stacked(tiles: list, B: int, lq: int, lk: int, none: float | bool = 0.0) -> Tensor | None:
+    """One tile per block (B|1, H|1, lq, lk|1) or None (meaning `none` everywhere) -> one
+    for the batch (B·g|1, H|1, lq, lk) of the blocks, as `group` lays them out; None when
+    every block has none."""
+    if all(t is None for t in tiles):
+        return None
+    first = tiles[0]
+    if len(tiles) == 1 or (all(t is first for t in tiles) and first.size(0) == 1):
+        return first  # one tile for every block (a relative mask): it broadcasts
+    ref = next(t for t in tiles if t is not None)
+    heads = max(t.size(1) for t in tiles if t is not None)
+    fill = torch.full((), none, dtype=ref.dtype, device=ref.device)
+    full = [fill.expand(B, heads, lq, lk) if t is None else t.expand(B, heads, lq, lk) for t in tiles]
+    return torch.stack(full, dim=1).reshape(B * len(tiles), heads, lq, lk)  # (B·g, H|1, lq, lk)
+
+
+def _same(a: slice | Tensor, b: slice | Tensor) -> bool:
+    """Whether two blocks' key columns are the same keys."""
+    if isinstance(a, slice) and isinstance(b, slice):
+        return a == b
+    return a is b
