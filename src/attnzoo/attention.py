@@ -200,6 +200,10 @@ class MultiHeadAttention(nn.Module):
         `0 .. S-1`. They place RoPE, ALiBi, the T5 bias, ``mask`` and ``is_causal``
         (`k_pos <= q_pos` when given).
         """
+        if isinstance(mask, torch.fx.Proxy) or isinstance(positions, torch.fx.Proxy):
+            # FX traced this module as the root: every argument is a Proxy; the structured
+            # options are Python objects a graph cannot take, so the trace runs without them
+            mask = positions = None
         self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key
         value = key if value is None else value

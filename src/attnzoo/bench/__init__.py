@@ -81,9 +81,10 @@ _MODULES = {
     "cases_models": ["decode", "compile", "gating"],
     "cases_hf": ["hf"],
     "cases_masks": ["structured"],
+    "cases_positions": ["positions"],
 }
 _ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
-          "gating", "throughput", "hf", "structured"]
+          "gating", "throughput", "hf", "structured", "positions"]
 
 
 def group_names() -> list[str]:
