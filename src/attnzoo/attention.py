@@ -63,7 +63,7 @@ class MultiHeadAttention(nn.Module):
     `relative_bias` (a `RelativePositionBias(num_heads)`, a submodule: its table is a parameter
     of this module) adds T5's learned bias. `forward(..., mask=, positions=)` takes a
     structured mask and absolute positions; `decode_step` decodes over a `KVCache` or a
-    `RollingKVCache`. They work with `torch.compile`, `torch.export` and `torch.jit.trace`;
+    `RollingKVCache`. They work with `torch.compile` and `torch.export` (tested);
     `torch.fx.symbolic_trace` traces only a module without them.
     """
 
