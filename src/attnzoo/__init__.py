@@ -14,7 +14,8 @@ from .factory import available_attention, create_attention
 from .maps.recorder import AttentionMap, AttentionRecorder
 from .gates import GlobalContext, NonLocal, SelectiveKernel, SimAM, SplitAttention
 from .kvcache import KVCache
-from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_slopes
+from .rolling_cache import RollingKVCache
+from .positions import RelativePositionBias, RotaryEmbedding, alibi_bias, alibi_score_bias, alibi_slopes
 from .gates.spatial import CBAM, SpatialAttention
 from .temporal import TemporalAttention
 from .retrofit import UntracedModuleWarning, add_attention, find_attention
@@ -50,6 +51,7 @@ __all__ = [
     "TransformerDecoderLayer",
     "Seq2SeqTransformer",
     "KVCache",
+    "RollingKVCache",
     "AttentionRecorder",
     "AttentionMap",
     "TemporalAttention",
@@ -58,6 +60,7 @@ __all__ = [
     "RotaryEmbedding",
     "alibi_slopes",
     "alibi_bias",
+    "alibi_score_bias",
     "RelativePositionBias",
     "UntracedModuleWarning",
 ]

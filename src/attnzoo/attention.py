@@ -36,7 +36,10 @@ from torch import Tensor, nn
 
 from ._checks import check_dropout, check_positive_int
 from ._mha_layout import _batch_first_inputs, _combine_masks, _merged_mask, _restore_layout, _sdpa_pair
+from ._mha_positions import Positions, check_options, decode_step, positional_attend
 from .functional import RowIndex
+from .masks import StructuredMask
+from .positions import RelativePositionBias, RotaryEmbedding
 
 is_fx_symbolic_tracing = torch.fx._symbolic_trace.is_fx_symbolic_tracing
 
@@ -53,6 +56,15 @@ class MultiHeadAttention(nn.Module):
     Without ``need_weights`` the output comes from torch's fused attention kernel; with it,
     usually from the weights, a block of query rows at a time (see
     `attnzoo.functional` for when each route is taken).
+
+    Positions (all off by default; see `attnzoo._mha_positions` for the routes):
+    `rotary` (a `RotaryEmbedding` with `head_dim = embed_dim // num_heads`) rotates q and k
+    at their positions; `alibi=True` adds `m_h (k_pos - q_pos)` with `alibi_slopes(num_heads)`;
+    `relative_bias` (a `RelativePositionBias(num_heads)`, a submodule: its table is a parameter
+    of this module) adds T5's learned bias. `forward(..., mask=, positions=)` takes a
+    structured mask and absolute positions; `decode_step` decodes over a `KVCache` or a
+    `RollingKVCache`. They work with `torch.compile` and `torch.export` (tested);
+    `torch.fx.symbolic_trace` traces only a module without them.
     """
 
     def __init__(
@@ -68,6 +80,9 @@ class MultiHeadAttention(nn.Module):
         batch_first: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        rotary: RotaryEmbedding | None = None,
+        alibi: bool = False,
+        relative_bias: RelativePositionBias | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = check_positive_int("embed_dim", embed_dim)
@@ -85,6 +100,9 @@ class MultiHeadAttention(nn.Module):
         self.dropout = check_dropout("dropout", dropout)
         self.batch_first = batch_first
         self.head_dim = embed_dim // num_heads
+        check_options(num_heads, self.head_dim, rotary, alibi, relative_bias)
+        self.rotary, self.alibi, self.relative_bias = rotary, alibi, relative_bias
+        self._positional = rotary is not None or alibi or relative_bias is not None
         self._kv_dim = self.head_dim * self.num_kv_heads
         self._packed = self.kdim == embed_dim and self.vdim == embed_dim  # one in_proj_weight for q, k, v
         # torch's Transformer layers read this flag to choose their fused inference path
@@ -154,6 +172,9 @@ class MultiHeadAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
         weights_for: RowIndex = None,
+        *,
+        mask: StructuredMask | None = None,
+        positions: Positions = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` to ``key``/``value`` (``key=None``: self-attention).
 
@@ -173,13 +194,23 @@ class MultiHeadAttention(nn.Module):
         ``x.detach()`` may carry other gradients, so they take three GEMMs). FSDP2 with a
         ``MixedPrecisionPolicy(param_dtype=...)`` casts each argument apart, so
         ``mha(x, x, x)`` gets three tensors there: call ``mha(x)`` (or ``SelfAttention``).
+
+        ``mask``: a structured mask (`attnzoo.masks`, True = may attend) at absolute
+        positions, combined with the other masks. ``positions``: long `(L,)` for the queries
+        (and the keys, when S = L) or a pair `(query (L,), key (S,))`; default `0 .. L-1`,
+        `0 .. S-1`. They place RoPE, ALiBi, the T5 bias, ``mask`` and ``is_causal``
+        (`k_pos <= q_pos` when given).
         """
+        if isinstance(mask, torch.fx.Proxy) or isinstance(positions, torch.fx.Proxy):
+            # FX traced this module as the root: every argument is a Proxy; the structured
+            # options are Python objects a graph cannot take, so the trace runs without them
+            mask = positions = None
         self_attention = key is None or (key is query and (value is None or value is key))
         key = query if key is None else key
         value = key if value is None else value
         try:
             return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask,
-                                 average_attn_weights, is_causal, weights_for, self_attention)
+                                 average_attn_weights, is_causal, weights_for, self_attention, mask, positions)
         except RuntimeError:
             if not is_fx_symbolic_tracing():  # under FX the parameters are symbolic Proxies
                 self._check_parameters()  # parameters of mixed dtypes: say so instead
@@ -187,7 +218,8 @@ class MultiHeadAttention(nn.Module):
 
     def _forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
                  need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool, is_causal: bool,
-                 weights_for: RowIndex, self_attention: bool) -> tuple[Tensor, Tensor | None]:
+                 weights_for: RowIndex, self_attention: bool, structured: StructuredMask | None = None,
+                 positions: Positions = None) -> tuple[Tensor, Tensor | None]:
         if isinstance(query, Tensor) and query.is_nested:  # from nn.TransformerEncoder's inference path
             return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask,
                                         average_attn_weights, is_causal)
@@ -199,10 +231,14 @@ class MultiHeadAttention(nn.Module):
 
         q, k, v = self.project_qkv(query, key, value)  # (B, H, L, hs), (B, Hkv, S, hs) ×2
         mask = _merged_mask(key_padding_mask, attn_mask, q, k, self.num_heads)  # in q's dtype (autocast)
-        out, weights = self.attend(
-            q, k, v, mask=mask, is_causal=is_causal, need_weights=need_weights,
-            average_attn_weights=average_attn_weights, weights_for=weights_for,
-        )
+        if self._positional or structured is not None or positions is not None:
+            out, weights = positional_attend(self, q, k, v, mask, structured, positions, is_causal, need_weights,
+                                             average_attn_weights, weights_for)
+        else:
+            out, weights = self.attend(
+                q, k, v, mask=mask, is_causal=is_causal, need_weights=need_weights,
+                average_attn_weights=average_attn_weights, weights_for=weights_for,
+            )
         out, weights = _restore_layout(out, weights, q_in, self.batch_first)
         if weights is None and torch.jit.is_tracing():
             weights = out.new_empty(0)  # a traced graph cannot return None
@@ -276,6 +312,19 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, L, self.embed_dim)  # (B, L, E)
         return self.out_proj(out), weights
 
+    def decode_step(self, x: Tensor, cache: nn.Module, position: int, *,
+                    mask: StructuredMask | None = None) -> Tensor:
+        """Causal self-attention of new tokens ``x`` (B, T, E) (batch first) at absolute
+        positions ``position .. position+T-1`` over ``cache``; returns (B, T, E).
+
+        ``cache``: a `KVCache` (T tokens at a time, ``position + T <= max_len``) or a
+        `RollingKVCache` (one token at a time, constant memory). RoPE rotates q and k at
+        their positions before the keys are stored; ALiBi, the T5 bias and ``mask`` are
+        evaluated at the cached keys' positions. Stepping through a sequence gives the
+        output of ``forward(x, mask=mask, is_causal=True)`` row by row.
+        """
+        return decode_step(self, x, cache, position, mask)
+
     def _forward_nested(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
                         need_weights: bool, attn_mask: Tensor | None, average_attn_weights: bool,
                         is_causal: bool) -> tuple[Tensor, None]:
@@ -338,7 +387,7 @@ class SelfAttention(MultiHeadAttention):
     def forward(  # type: ignore[override]
         self, x: Tensor, *, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None,
         is_causal: bool = False, need_weights: bool = False, average_attn_weights: bool = True,
-        weights_for: RowIndex = None,
+        weights_for: RowIndex = None, mask: StructuredMask | None = None, positions: Positions = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Self-attention over ``x`` (B, L, E) (or (L, B, E) with ``batch_first=False``, or (L, E)).
 
@@ -346,11 +395,13 @@ class SelfAttention(MultiHeadAttention):
         bool True = NOT allowed, float added. ``is_causal=True`` hides later positions.
         Returns ``(out, weights)``: ``out`` shaped like ``x``; ``weights`` (B, L, L), or
         (B, H, L, L) with ``average_attn_weights=False``, only with ``need_weights=True``
-        (else None); ``weights_for`` selects query rows of the weights.
+        (else None); ``weights_for`` selects query rows of the weights. ``mask`` and
+        ``positions`` as in `MultiHeadAttention.forward`.
         """
         return super().forward(
             x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
             need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
+            mask=mask, positions=positions,
         )
 
 
@@ -367,18 +418,20 @@ class CrossAttention(MultiHeadAttention):
     def forward(  # type: ignore[override]
         self, x: Tensor, context: Tensor, *, context_padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None, need_weights: bool = False, average_attn_weights: bool = True,
-        weights_for: RowIndex = None,
+        weights_for: RowIndex = None, mask: StructuredMask | None = None, positions: Positions = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Queries from ``x`` (B, L, E) attend over ``context`` (B, S, context_dim).
 
         ``context_padding_mask`` (B, S): True = padding. ``attn_mask`` (L, S) or (B·H, L, S):
         bool True = NOT allowed, float added. Returns ``(out (B, L, E), weights)``;
         ``weights`` (B, L, S), or (B, H, L, S) with ``average_attn_weights=False``, only
-        with ``need_weights=True`` (else None); ``weights_for`` selects query rows.
+        with ``need_weights=True`` (else None); ``weights_for`` selects query rows. ``mask``
+        and ``positions`` (a pair: query (L,), context (S,)) as in `MultiHeadAttention.forward`.
         """
         return super().forward(
             x, context, context, key_padding_mask=context_padding_mask, attn_mask=attn_mask,
             need_weights=need_weights, average_attn_weights=average_attn_weights, weights_for=weights_for,
+            mask=mask, positions=positions,
         )
 
 

@@ -23,7 +23,7 @@ A note for mask builders: Mistral's `sliding_window = W` lets query `i` see keys
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -32,7 +32,10 @@ from torch import Tensor, nn
 from ._checks import check_positive_int, check_tensor, is_tracing
 from ._rope_scaling import attention_factor, inv_freq, parse_scaling
 
-__all__ = ["RotaryEmbedding", "alibi_slopes", "alibi_bias", "RelativePositionBias"]
+__all__ = ["RotaryEmbedding", "alibi_slopes", "alibi_bias", "alibi_score_bias", "RelativePositionBias"]
+
+#: `score_bias(q_idx (lq, 1), kv_idx (1, lk)) -> (H, lq, lk)` float tile (see `attnzoo.functional`)
+ScoreBias = Callable[[Tensor, Tensor], Tensor]
 
 
 def _check_positions(name: str, positions: object, length: int | None = None, ndim: tuple[int, ...] = (1, 2)) -> Tensor:
@@ -254,6 +257,23 @@ def alibi_bias(slopes: Tensor, q_positions: Tensor, k_positions: Tensor) -> Tens
     return slopes[:, None, None] * distance.to(slopes.dtype)  # (H, Lq, Lk)
 
 
+def alibi_score_bias(slopes: Tensor) -> ScoreBias:
+    """ALiBi as a `score_bias` for `attnzoo.functional.scaled_dot_product_attention`.
+
+    The returned callable maps index tiles `q_idx (lq, 1)`, `kv_idx (1, lk)` to
+    `slopes[h] * (kv_idx - q_idx)`, a `(H, lq, lk)` tile in `slopes`' dtype: the blocks of
+    `alibi_bias` over the positions `0 .. L-1`, `0 .. S-1`, without the `(H, L, S)` tensor.
+    """
+    check_tensor("slopes", slopes, 1)
+    column = slopes.view(-1, 1, 1)  # (H, 1, 1)
+
+    def bias(q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        distance = kv_idx.to(slopes.device) - q_idx.to(slopes.device)  # (lq, lk)
+        return column * distance.to(slopes.dtype)  # (H, lq, lk)
+
+    return bias
+
+
 class RelativePositionBias(nn.Module):
     """T5's learned relative position bias: one scalar per head and distance bucket.
 
@@ -314,3 +334,13 @@ class RelativePositionBias(nn.Module):
         """The bias `(H, Lq, Lk)` for query indices `(Lq,)` and key indices `(Lk,)`."""
         bucket = self.buckets(q_idx, kv_idx).to(self.relative_attention_bias.weight.device)  # (Lq, Lk)
         return self.relative_attention_bias(bucket).permute(2, 0, 1)  # (H, Lq, Lk)
+
+    def score_bias(self) -> ScoreBias:
+        """This bias as a `score_bias` for `attnzoo.functional.scaled_dot_product_attention`:
+        index tiles `q_idx (lq, 1)`, `kv_idx (1, lk)` -> `(H, lq, lk)`, one block of `forward`
+        at a time (gradients reach the table)."""
+
+        def bias(q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return self(q_idx.reshape(-1), kv_idx.reshape(-1))  # (H, lq, lk)
+
+        return bias

@@ -86,9 +86,10 @@ _MODULES = {
     "cases_hf": ["hf"],
     "cases_masks": ["structured"],
     "cases_gates": ["gates"],
+    "cases_positions": ["positions"],
 }
 _ORDER = ["functional", "mha_train", "mha_eval", "mha_weights", "masked", "memory", "long", "decode", "compile",
-          "gating", "gates", "throughput", "hf", "structured"]
+          "gating", "gates", "throughput", "hf", "structured", "positions"]
 
 
 def group_names() -> list[str]:
