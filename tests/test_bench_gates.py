@@ -64,6 +64,9 @@ def test_quick_group_rows_overheads_and_docs_table(monkeypatch, tmp_path):
         return {"peak_mb": 4.0 if spec["impl"] == "attnzoo" else 12.0, "seconds": 0.1, "method": "fake"}
 
     monkeypatch.setattr(cases_gates, "measure_in_subprocess", fake)
+    # each timing starts with a full gc.collect(), which costs seconds in a big test process
+    from attnzoo.bench import _core
+    monkeypatch.setattr(_core.gc, "collect", lambda *a: 0)
     out = tmp_path / "g.json"
     assert main(["--quick", "--json", str(out), "--only", "gates", "--repeats", "1", "--warmup", "0"]) == 0
     report = json.loads(out.read_text())

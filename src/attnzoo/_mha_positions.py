@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._blocksparse import check_structured, structured_sdpa
-from .masks import StructuredMask, _as_mask
+from ._structured import StructuredMask, _as_mask
 from .positions import RelativePositionBias, RotaryEmbedding, _check_positions, alibi_bias, alibi_score_bias
 from .positions import alibi_slopes as _slopes
 

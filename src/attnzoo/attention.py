@@ -38,7 +38,7 @@ from ._checks import check_dropout, check_positive_int
 from ._mha_layout import _batch_first_inputs, _combine_masks, _merged_mask, _restore_layout, _sdpa_pair
 from ._mha_positions import Positions, check_options, decode_step, positional_attend
 from .functional import RowIndex
-from .masks import StructuredMask
+from ._structured import StructuredMask
 from .positions import RelativePositionBias, RotaryEmbedding
 
 is_fx_symbolic_tracing = torch.fx._symbolic_trace.is_fx_symbolic_tracing

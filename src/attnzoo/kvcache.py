@@ -11,14 +11,16 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_positive_int, check_tensor
-from .attention import MultiHeadAttention
 from ._masked import _open_empty_rows, _zero_hidden_keys
+
+if TYPE_CHECKING:  # annotations only (attention imports _mha_positions, which imports this module)
+    from .attention import MultiHeadAttention
 
 __all__ = ["KVCache", "MemoryKV", "DecodeState", "attend_cached", "attend_memory", "project_memory"]
 
