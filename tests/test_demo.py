@@ -198,7 +198,12 @@ def test_html_is_self_contained_and_shows_the_numbers(tour):
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert "Not run now" in html and "attnzoo demo --only gates" in html  # the committed gate league
     referenced = set(re.findall(r'<img src="([^"]+)"', html))
-    assert referenced == set(_pngs(tour.files))  # every figure shown, none missing
+    svgs = {f for f in tour.files if f.endswith(".svg")}
+    assert referenced == set(_pngs(tour.files)) | svgs  # every figure shown, none missing
+    # the data-flow diagrams, drawn from the modules' own fx traces, one per mechanism
+    from attnzoo.viz.diagrams import MECHANISMS
+
+    assert "How each mechanism computes" in html and svgs == {f"{name}.svg" for name in MECHANISMS}
     lowered = html.lower()
     for external in ("http://", "https://", "<script", "<link", "@import", "url("):
         assert external not in lowered

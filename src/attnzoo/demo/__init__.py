@@ -47,6 +47,7 @@ from .._errors import CommandError, UsageError
 from . import parts as _parts
 from .common import FULL, NUM_THREADS, QUICK, run_info
 from .output import Staging
+from ..viz.diagrams import diagram_section
 from .report import html_page, summary
 from .stats import REPRODUCIBLE
 
@@ -165,9 +166,11 @@ def run_demo(args: argparse.Namespace) -> int:
                 results[part] = _parts.PARTS[part].run(budgets[part], args.seed, device, staging.path)
         views = [results[p]["figures"].get("view") for p in parts if isinstance(results[p].get("figures"), dict)]
         results["views"] = [v for v in views if v]  # interactive pages, embedded by the report
+        # the whole tour also draws each mechanism's data flow from its torch.fx trace
+        diagrams = "" if args.only else diagram_section(staging.path)
         results["seconds"] = time.perf_counter() - start
         results["cpu_seconds"] = time.process_time() - start_cpu  # ~ seconds on an idle machine (1 thread)
-        atomic_write_text(staging.path / "index.html", html_page(results))
+        atomic_write_text(staging.path / "index.html", html_page(results, diagrams))
         atomic_write_json(staging.path / "results.json", results)
         out = staging.commit()  # writes attnzoo-manifest.json, then one rename
     except OSError as exc:  # disk full, folder removed under us ...: one line, nothing partial

@@ -24,9 +24,10 @@ def findings(results: dict[str, Any]) -> list[tuple[str, str]]:
     return [f for p in _ran(results) for f in p.findings(results[p.name])]
 
 
-def html_page(results: dict[str, Any]) -> str:
-    """The whole report page: inline CSS, no scripts, figures by relative file name."""
-    body = "".join(p.section(results[p.name]) for p in _ran(results))
+def html_page(results: dict[str, Any], diagrams: str = "") -> str:
+    """The whole report page: inline CSS, no scripts, figures by relative file name;
+    `diagrams` (HTML, `attnzoo.viz.diagrams.diagram_section`) goes after the parts."""
+    body = "".join(p.section(results[p.name]) for p in _ran(results)) + diagrams
     if results.get("views"):
         body += views_section(results["views"])
     if not results.get("only"):
