@@ -80,6 +80,18 @@ def block_attention(
                            need_weights, weights_for, average_heads, block_q, block_kv)
 
 
+def bias_tile(score_bias: ScoreBias, q_idx: Tensor, kv_idx: Tensor, heads: int) -> Tensor:
+    """`score_bias(q_idx (R, 1), kv_idx (1, C))`, checked: a float (H or 1, R, C) or (R, C) tensor."""
+    R, C = q_idx.numel(), kv_idx.numel()
+    t = score_bias(q_idx.view(R, 1), kv_idx.view(1, C))
+    if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() not in (2, 3) \
+            or t.shape[-2:] != (R, C) or (t.dim() == 3 and t.size(0) not in (1, heads)):
+        got = f"shape {tuple(t.shape)} dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"score_bias(q_idx, kv_idx) must return a float (H or 1, lq, lk) = "
+                         f"({heads} or 1, {R}, {C}) tensor, got {got}")
+    return t
+
+
 def check_structured(query: Tensor, mask: object, score_bias: object, block_q: int = _BLOCK_Q,
                      block_kv: int = _BLOCK_KV) -> None:
     """The checks of the `mask=`/`score_bias=` arguments (TypeError/ValueError naming them)."""
@@ -190,12 +202,7 @@ class _Blocks:
             else:
                 extra = am
         if self.bias is not None:
-            t = self.bias(qpos.view(lq, 1), kpos.view(1, lk))
-            if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() not in (2, 3) \
-                    or t.shape[-2:] != (lq, lk) or (t.dim() == 3 and t.size(0) not in (1, self.H)):
-                got = f"shape {tuple(t.shape)} dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(f"score_bias(q_idx, kv_idx) must return a float (H or 1, lq, lk) = "
-                                 f"({self.H} or 1, {lq}, {lk}) tensor, got {got}")
+            t = bias_tile(self.bias, qpos, kpos, self.H)
             t = t.to(self.q.dtype).reshape(1, -1, lq, lk)  # (1, H|1, lq, lk)
             extra = t if extra is None else extra + t
         if extra is None:

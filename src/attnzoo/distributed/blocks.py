@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._blocksparse import bias_tile as _checked_tile
 from ..masks import EMPTY, FULL, StructuredMask
 from .zigzag import ShardLayout
 
@@ -124,13 +125,7 @@ class RingBlocks:
 def bias_tile(score_bias: ScoreBias, q_idx: Tensor, kv_idx: Tensor, heads: int) -> Tensor:
     """``score_bias(q_idx (R, 1), kv_idx (1, C))``, checked: a float (H or 1, R, C) or (R, C)
     tensor that needs no gradient."""
-    R, C = q_idx.numel(), kv_idx.numel()
-    t = score_bias(q_idx.view(R, 1), kv_idx.view(1, C))
-    if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() not in (2, 3) \
-            or t.shape[-2:] != (R, C) or (t.dim() == 3 and t.size(0) not in (1, heads)):
-        got = f"shape {tuple(t.shape)} dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"score_bias(q_idx, kv_idx) must return a float (H or 1, lq, lk) = "
-                         f"({heads} or 1, {R}, {C}) tensor, got {got}")
+    t = _checked_tile(score_bias, q_idx, kv_idx, heads)
     if t.requires_grad:
         raise ValueError("score_bias must not need gradients under ring attention (its parameters would "
                          "get none): compute it under torch.no_grad() or from detached tensors")
