@@ -35,11 +35,12 @@ class Blockwise(torch.autograd.Function):
                 qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
                 lse = None
                 if cols is not None and q.device.type == "cpu":
-                    q4, k4, v4, (fmask, empty) = run.kernel_inputs(qr, kg, vg, recipes, fold)
+                    q4, k4, v4, (fmask, empty), flip = run.kernel_inputs(qr, kg, vg, recipes, fold)
                     if empty is None and torch._fused_sdp_choice(q4, k4, v4, fmask, 0.0, False,
                                                                  scale=run.scale) == _FLASH:
                         o4, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                             q4, k4, v4, 0.0, False, attn_mask=fmask, scale=run.scale)
+                        o4 = o4.flip(-2) if flip else o4  # lse stays in the kernel's row order
                         out[:, :, r0:r1] = _unfold(o4, q.size(0), len(recipes)) if fold else o4
                 if lse is None:
                     out[:, :, r0:r1] = run.group(qr, kg, vg, cols is None, recipes, fold, 0.0)
@@ -60,11 +61,14 @@ class Blockwise(torch.autograd.Function):
             qr, (kg, vg) = q[:, :, r0:r1], _gather(k, v, cols)
             go = grad_out[:, :, r0:r1]
             if lse is not None and not higher:  # the kernel's own backward, no second forward
-                q4, k4, v4, (fmask, _) = run.kernel_inputs(qr, kg, vg, recipes, fold)
+                q4, k4, v4, (fmask, _), flip = run.kernel_inputs(qr, kg, vg, recipes, fold)
                 g, B = len(recipes), q.size(0)
                 o4, go4 = (_fold(out[:, :, r0:r1], g), _fold(go, g)) if fold else (out[:, :, r0:r1], go)
+                if flip:  # the rows in the kernel's (reversed) order
+                    o4, go4 = o4.flip(-2), go4.flip(-2)
                 gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                     go4.contiguous(), q4, k4, v4, o4, lse, 0.0, False, attn_mask=fmask, scale=run.scale)
+                gq = gq.flip(-2) if flip else gq
                 if fold:
                     gq, gk, gv = _unfold(gq, B, g), _unfold(gk, B, g), _unfold(gv, B, g)
             else:  # recompute the group's forward, then its backward

@@ -20,6 +20,11 @@ scores). Rows that may attend to nothing give 0 output, 0 weights and zero gradi
 absolute positions and returns a finite float `(H or 1, lq, lk)` (or `(lq, lk)`) tile added to
 the scores of that block: ALiBi's `-slope * (i - j)` or a T5 relative bias without any
 (H, L, S) tensor.
+
+Relative masks and biases (functions of `kv_idx - q_idx` alone: windows, causal, and a
+`score_bias` with `relative = True`) take faster routes on CPU (`attnzoo._band`): a window
+runs as a few batched calls over views of q, k, v, and a relative bias's tile is a strided
+view of one row per head, so long blocks cost no tile memory.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._band import BandAttention
+from ._band import plan as band_plan
+from ._band import toeplitz_tile
 from ._blockgrad import Blockwise, Strided, _fold, _gather, _positions, _take, _unfold
 from ._blockweights import block_weights
 from ._fused_autograd import fused_attention, math_attention, needs_math, wants_grad
@@ -53,6 +61,10 @@ _BLOCK_KV = 64
 # most this many scores (each call is a round of the thread pool; the gathered keys of a
 # call are a copy, so the calls stay modest).
 _GROUP_SCORES = 1 << 23
+# With a relative score bias the tiles are views (`_band.toeplitz_tile`), so a call's
+# temporaries do not grow with its scores: longer calls, as long as torch's CPU kernel
+# keeps enough blocks of 256 rows to share among the threads.
+_LEAN_GROUP_SCORES = 1 << 28
 # A relative mask (windows, causal) keeps its tiles, by diagonal offset, up to this many.
 _CACHED_TILES = 256
 
@@ -167,6 +179,10 @@ class _Blocks:
         self.cache: dict = mask.__dict__.setdefault("_tile_cache", {}) if self.relative else {}
         if len(self.cache) > _CACHED_TILES:
             self.cache.clear()
+        # a relative score bias (and mask): tiles are views of one row per head, so the
+        # groups may be long (the fused kernel is faster on long blocks)
+        self.lean = (bias is not None and getattr(bias, "relative", False) is True and mask.relative
+                     and attn_mask is None and not self.math)
 
     # ------------------------------------------------------------------ one block's keys
     def keys(self, i: int) -> tuple[slice | Tensor, Tensor] | None:
@@ -202,12 +218,16 @@ class _Blocks:
             else:
                 extra = am
         if self.bias is not None:
-            t = bias_tile(self.bias, qpos, kpos, self.H)
-            t = t.to(self.q.dtype).reshape(1, -1, lq, lk)  # (1, H|1, lq, lk)
+            t = self.bias_block(qpos, kpos)  # (1, H|1, lq, lk)
             extra = t if extra is None else extra + t
         if extra is None:
             return allowed
         return extra if allowed is None else extra.masked_fill(~allowed, -math.inf)
+
+    def bias_block(self, qpos: Tensor, kpos: Tensor) -> Tensor:
+        """The score bias of rows `qpos` × keys `kpos`, checked: (1, H|1, lq, lk) in q's dtype."""
+        t = bias_tile(self.bias, qpos, kpos, self.H)
+        return t.to(self.q.dtype).reshape(1, t.size(0) if t.dim() == 3 else 1, qpos.numel(), kpos.numel())
 
     # ------------------------------------------------------------------ the output pass
     def plan(self) -> list[tuple[int, int, slice | Tensor | None, tuple]]:
@@ -275,7 +295,8 @@ class _Blocks:
             joins = bool(run) and cols is not None and run[0][2] is not None
             if joins:
                 lk, first = _length(cols), run[0][2]
-                joins = (run[-1][1] - run[0][0] + r1 - r0) * lk * self.H <= _GROUP_SCORES
+                limit = _LEAN_GROUP_SCORES if self.lean else _GROUP_SCORES
+                joins = (run[-1][1] - run[0][0] + r1 - r0) * lk * self.H * self.B <= limit
                 same = _same(cols, first) and not fold
                 batch = (len(run) == 1 or fold) and r1 - r0 == run[0][1] - run[0][0] and lk == _length(first)
                 joins = joins and (same or batch)
@@ -292,18 +313,27 @@ class _Blocks:
         """Attention output (B, H, L, Ev), a group of query blocks (one kernel call) at a time."""
         if self.L == 0 or self.S == 0:  # nothing to score: 0, through plain ops (gradients stay defined)
             return math_attention(self.q, self.k, self.v, None, 0.0, False, self.scale)[0]
+        grad = wants_grad(self.q, self.k, self.v)
+        band = band_plan(self) if p == 0.0 and not (grad and self.tiles_want_grad()) else None
+        if band is not None:  # a window: few calls over views, no copies (`attnzoo._band`)
+            return BandAttention.apply(self.q, self.k, self.v, band) if grad else band.forward()[0]
         groups = self.groups()
-        if p == 0.0 and not self.math and wants_grad(self.q, self.k, self.v) and not self.tiles_want_grad():
+        if p == 0.0 and not self.math and grad and not self.tiles_want_grad():
             # the backward recomputes each group: nothing per block is kept for it
             return Blockwise.apply(self.q, self.k, self.v, self, groups)
-        if not wants_grad(self.q, self.k, self.v):  # straight into one buffer, no cat
+        if not grad:  # straight into one buffer, no cat
             out = self.v.new_empty(*self.q.shape[:-1], self.v.size(-1))  # (B, H, L, Ev)
             for r0, r1, cols, tiles, fold in groups:
                 out[:, :, r0:r1] = self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None,
                                               tiles, fold, p)
             return out
-        outs = [self.group(self.q[:, :, r0:r1], *_gather(self.k, self.v, cols), cols is None, tiles, fold, p)
-                for r0, r1, cols, tiles, fold in groups]
+        return self.plain_output(self.q, self.k, self.v, p, groups)
+
+    def plain_output(self, q: Tensor, k: Tensor, v: Tensor, p: float = 0.0, groups: list | None = None) -> Tensor:
+        """The output (B, H, L, Ev) of `q`, `k`, `v` (this call's, or tensors of their shapes)
+        with autograd through every group: twice differentiable, tiles with gradients."""
+        outs = [self.group(q[:, :, r0:r1], *_gather(k, v, cols), cols is None, tiles, fold, p)
+                for r0, r1, cols, tiles, fold in (self.groups() if groups is None else groups)]
         return torch.cat(outs, dim=-2)  # (B, H, L, Ev)
 
     def group(self, qr: Tensor, kg: Tensor, vg: Tensor, nothing: bool, recipes: list, fold: bool,
@@ -313,22 +343,29 @@ class _Blocks:
         `fold` gathered per block (B, H, g·lk, E|Ev) and the g blocks batched."""
         if nothing:  # nothing visible: 0 (over no keys, so gradients stay defined: 0)
             return math_attention(qr, kg[:, :, :0], vg[:, :, :0], None, 0.0, False, self.scale)[0]
-        q4, k4, v4, tile = self.kernel_inputs(qr, kg, vg, recipes, fold)
+        q4, k4, v4, tile, flip = self.kernel_inputs(qr, kg, vg, recipes, fold)
         if self.math:
             out = math_attention(q4, k4, v4, tile, p, False, self.scale)[0]
         else:
             fmask, empty = tile
             out = fused_attention(q4, k4, v4, fmask, p, False, self.scale)  # (B|B·g, H, R|lq, Ev)
             out = out if empty is None else out.masked_fill(empty, 0.0)  # rows that see nothing: 0
+        out = out.flip(-2) if flip else out  # rows back in order
         return _unfold(out, qr.size(0), len(recipes)) if fold else out
 
     def kernel_inputs(self, qr: Tensor, kg: Tensor, vg: Tensor, recipes: list,
-                      fold: bool) -> tuple[Tensor, Tensor, Tensor, Any]:
-        """What one kernel call of a group gets: q, k, v ((B·g, H, lq|lk, E) when `fold`) and
-        the tile (see `prepared`)."""
+                      fold: bool) -> tuple[Tensor, Tensor, Tensor, Any, bool]:
+        """What one kernel call of a group gets: q, k, v ((B·g, H, lq|lk, E) when `fold`), the
+        tile (see `prepared`), and whether q's rows come reversed (a relative bias's tile is
+        then a strided view of one row per head, `attnzoo._band.toeplitz_tile`)."""
         if not fold:  # the blocks share their keys: one longer block of rows, one tile
             first, last = recipes[0], recipes[-1]
-            return qr, kg, vg, self.prepared(any(r[0] for r in recipes), first[1], last[2], first[3], first[4])
+            partial = any(r[0] for r in recipes)
+            if self.lean and isinstance(first[3], slice):
+                tile = toeplitz_tile(self, partial, first[1], last[2], first[3].start, first[3].stop)
+                if tile is not None:
+                    return qr.flip(-2), kg, vg, (tile, None), True
+            return qr, kg, vg, self.prepared(partial, first[1], last[2], first[3], first[4]), False
         g, B = len(recipes), qr.size(0)
         lq, lk = qr.size(-2) // g, kg.size(-2) if kg.dim() == 5 else kg.size(-2) // g
         tiles = [self.prepared(*recipe) for recipe in recipes]  # built now, dropped after the call
@@ -336,7 +373,7 @@ class _Blocks:
             tile = _stacked(tiles, B, lq, lk, none=True)
         else:
             tile = (_stacked([t[0] for t in tiles], B, lq, lk), _stacked([t[1] for t in tiles], B, lq, 1, none=False))
-        return _fold(qr, g), _fold(kg, g), _fold(vg, g), tile
+        return _fold(qr, g), _fold(kg, g), _fold(vg, g), tile, False
 
 def _opened(tile: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
     """A tile for the fused kernel: (float mask with the rows that see nothing opened, those

@@ -146,6 +146,7 @@ def _sum(a, b):
     def bias(q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return a(q_idx, kv_idx) + b(q_idx, kv_idx)  # (H, lq, lk)
 
+    bias.relative = getattr(a, "relative", False) is True and getattr(b, "relative", False) is True
     return bias
 
 

@@ -113,7 +113,11 @@ def scaled_dot_product_attention(
     the scores) run block by block, visiting only the key blocks the mask does not hide
     (`attnzoo.masks.block_attention`): no L×S mask or (H, L, S) bias is ever built. Both
     combine with ``attn_mask``, ``is_causal``, ``enable_gqa`` and the weights arguments;
-    the query is then (B, H, L, E), (H, L, E) or (L, E).
+    the query is then (B, H, L, E), (H, L, E) or (L, E). A ``score_bias`` whose attribute
+    `relative` is `True` promises to depend on `kv_idx - q_idx` alone (as
+    `attnzoo.alibi_score_bias` and `RelativePositionBias.score_bias()` do): it is then
+    evaluated once per distance, not once per block, and windows run batched
+    (`attnzoo._band`).
     """
     batch = _validate(query, key, value, attn_mask, dropout_p, enable_gqa)
     if not enable_gqa and not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):

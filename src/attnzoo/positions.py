@@ -271,6 +271,7 @@ def alibi_score_bias(slopes: Tensor) -> ScoreBias:
         distance = kv_idx.to(slopes.device) - q_idx.to(slopes.device)  # (lq, lk)
         return column * distance.to(slopes.dtype)  # (H, lq, lk)
 
+    bias.relative = True  # type: ignore[attr-defined]  # a function of kv_idx - q_idx alone
     return bias
 
 
@@ -343,4 +344,5 @@ class RelativePositionBias(nn.Module):
         def bias(q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             return self(q_idx.reshape(-1), kv_idx.reshape(-1))  # (H, lq, lk)
 
+        bias.relative = True  # type: ignore[attr-defined]  # a function of kv_idx - q_idx alone
         return bias
