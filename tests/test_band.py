@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnzoo._band as band
+import attnzoo._blockrun as RUN
 import attnzoo._blocksparse as BS
 from attnzoo import masks as M
 from attnzoo.functional import scaled_dot_product_attention
@@ -67,7 +68,7 @@ class Spy:
 
     def __init__(self, monkeypatch):
         self.bands = self.tiles = 0
-        plan, tile = BS.band_plan, BS.toeplitz_tile
+        plan, tile = RUN.band_plan, RUN.toeplitz_tile
 
         def counted_plan(run):
             found = plan(run)
@@ -79,8 +80,8 @@ class Spy:
             self.tiles += found is not None
             return found
 
-        monkeypatch.setattr(BS, "band_plan", counted_plan)
-        monkeypatch.setattr(BS, "toeplitz_tile", counted_tile)
+        monkeypatch.setattr(RUN, "band_plan", counted_plan)
+        monkeypatch.setattr(RUN, "toeplitz_tile", counted_tile)
 
 
 def check(q, k, v, out, want):
@@ -188,7 +189,7 @@ def test_rows_that_see_nothing_leave_the_fast_paths(monkeypatch):
 def test_band_temporaries_stay_small():
     """Each call's largest temporary is bounded by `_BAND_BYTES`, whatever the length."""
     q, k, v = (torch.randn(1, 4, 4096, 64) for _ in range(3))
-    run = BS._Blocks(q, k, v, M.sliding_window(255), None, None, None, BS._BLOCK_Q, BS._BLOCK_KV)
+    run = RUN._Blocks(q, k, v, M.sliding_window(255), None, None, None, BS._BLOCK_Q, BS._BLOCK_KV)
     plan = band.plan(run)
     assert plan is not None
     for pass_, per_row in (("forward", plan.bq * 64), ("backward", plan.lk * 64)):

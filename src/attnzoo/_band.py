@@ -163,7 +163,7 @@ class Band:
 
 
 def plan(run: Any) -> Band | None:
-    """The band plan of `run` (a `_blocksparse._Blocks`), or None when the band path does
+    """The band plan of `run` (a `_blockrun._Blocks`), or None when the band path does
     not apply (see the module docstring)."""
     q, mask, bias = run.q, run.mask, run.bias
     if q.device.type != "cpu" or run.math or run.attn_mask is not None or not mask.relative \

@@ -23,7 +23,7 @@ _FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
 
 class Blockwise(torch.autograd.Function):
-    """`Blockwise.apply(q, k, v, run, groups)`: the output of `run` (a `_blocksparse._Blocks`)
+    """`Blockwise.apply(q, k, v, run, groups)`: the output of `run` (a `_blockrun._Blocks`)
     over its `groups` (see `_Blocks.groups`), with the backward of the module docstring."""
 
     @staticmethod

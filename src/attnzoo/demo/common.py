@@ -7,7 +7,7 @@ import platform
 import sys
 import time
 from datetime import datetime, timezone
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any

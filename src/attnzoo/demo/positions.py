@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.shakespeare import load_tiny_shakespeare, shakespeare_vocab
-from .charlm import SCHEMES, CharLM, bits_per_char, unigram_bits, window_ends
+from .charlm import CharLM, bits_per_char, unigram_bits, window_ends
 from .common import PositionsBudget, progress_bar, say, stopwatch, sync
 from .findings import POSITION_NAMES
 from .stats import mean_std, paired_difference
