@@ -64,14 +64,13 @@ says what it gates: ``a.b.attnzoo_gate`` gates ``a.b``; ``a.attnzoo_gate_layer``
 
 from __future__ import annotations
 
-import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
+from ._retrofit_places import find_places, own_channels, spatial_dims
 from .factory import create_attention
 from .gates import GATES, SelectiveKernel, SplitAttention
 from .gates._act import ScaledSigmoid
@@ -85,7 +84,6 @@ _CONV_UNITS = {"sk": SelectiveKernel, "splat": SplitAttention}
 INITS = ("default", "identity")
 GATE_TYPES = GATES
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_ADDS = {operator.add, operator.iadd, torch.add}
 
 
 class _ApplyGate:
@@ -118,171 +116,9 @@ def find_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _own_channels(m: nn.Module) -> int | None:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return m.out_channels
-    if isinstance(m, nn.modules.batchnorm._NormBase):  # BatchNorm*, InstanceNorm*
-        return m.num_features
-    if isinstance(m, nn.GroupNorm):
-        return m.num_channels
-    if isinstance(m, nn.Linear):
-        return m.out_features
-    if isinstance(m, nn.LayerNorm):
-        return m.normalized_shape[-1]
-    return None
-
-
-def _own_dims(m: nn.Module) -> int | None:
-    """Spatial dims of the maps ``m`` outputs, where its type says (Conv1d/2d/3d, BatchNorm2d, ...)."""
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return len(m.kernel_size)
-    for dims, types in ((1, (nn.BatchNorm1d, nn.InstanceNorm1d)), (2, (nn.BatchNorm2d, nn.InstanceNorm2d)),
-                        (3, (nn.BatchNorm3d, nn.InstanceNorm3d))):
-        if isinstance(m, types):
-            return dims
-    return None
-
-
-def _out_layer(m: nn.Module) -> nn.Module | None:
-    """The layer that sets ``m``'s output channels: ``m`` itself, else its last registered layer with some."""
-    for sub in [m, *reversed(list(m.modules())[1:])]:
-        if _own_channels(sub) is not None:
-            return sub
-    return None
-
-
-def _spatial_dims(layer: nn.Module | None, scopes: list[nn.Module]) -> int | None:
-    """Spatial dims of the maps after ``layer``: its own (a conv, a BatchNorm2d, ...), else those of
-    every convolution in the first of ``scopes`` (innermost first) that has any, when they agree."""
-    if layer is not None and (dims := _own_dims(layer)) is not None:
-        return dims
-    for scope in scopes:
-        found = {len(c.kernel_size) for c in scope.modules() if isinstance(c, nn.modules.conv._ConvNd)}
-        if found:
-            return found.pop() if len(found) == 1 else None
-    return None
-
-
-class _BranchError(ValueError):
-    """A residual branch was found but no gate can be attached to it."""
-
-
-class _Opaque(fx.Tracer):
-    """Trace one module's own forward: every submodule is a single opaque call."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return True
-
-
-def _convs(m: nn.Module) -> int:
-    return sum(isinstance(s, nn.modules.conv._ConvNd) for s in m.modules())
-
-
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen, todo = set(), [node]
-    while todo:
-        for a in todo.pop().all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                todo.append(a)
-    return seen
-
-
-def _branch_layer(block: nn.Module, node: fx.Node) -> nn.Module | None:
-    """Walk back from the branch operand to the nearest submodule with a channel count; its layer."""
-    while node.op != "placeholder":
-        if node.op == "call_module" and (layer := _out_layer(block.get_submodule(node.target))) is not None:
-            return layer
-        inputs = [a for a in node.all_input_nodes if a.op not in ("get_attr", "placeholder")]
-        if not inputs:
-            return None
-        node = inputs[-1] if node.op != "call_module" else inputs[0]
-    return None
-
-
-def _residual_branches(block: nn.Module) -> list[tuple[str, nn.Module | None]]:
-    """(submodule name of each residual branch's last module, the layer setting its channels)."""
-    graph = _Opaque().trace(block)
-    inputs = [n for n in graph.nodes if n.op == "placeholder"][:1]
-    found = []
-    for n in graph.nodes:
-        is_add = (n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))
-        sides = [a for a in n.args[:2] if isinstance(a, fx.Node)] if is_add else []
-        if len(sides) != 2 or not inputs:
-            continue
-        anc = [_ancestors(s) | {s} for s in sides]
-        if not all(inputs[0] in a for a in anc):
-            continue
-        convs = [sum(_convs(block.get_submodule(x.target)) for x in a - b if x.op == "call_module")
-                 for a, b in ((anc[0], anc[1]), (anc[1], anc[0]))]
-        if max(convs) == 0 or convs[0] == convs[1]:
-            continue
-        branch = sides[0] if convs[0] > convs[1] else sides[1]
-        if branch.op != "call_module":
-            raise _BranchError(
-                f"the residual branch of {type(block).__name__} ends in {branch.op} {branch.target!r}, "
-                "not in a module, so no gate can be attached before the addition; pass where= as a callable"
-            )
-        calls = sum(1 for x in graph.nodes if x.op == "call_module" and x.target == branch.target)
-        if calls > 1:
-            raise _BranchError(
-                f"{type(block).__name__}.{branch.target} ends a residual branch but is called {calls} times "
-                "in its forward; a gate after it would act on every call; pass where= as a callable"
-            )
-        found.append((branch.target, _branch_layer(block, branch)))
-    return found
-
-
 class UntracedModuleWarning(UserWarning):
     """``add_attention(where="blocks")`` skipped a module that torch.fx could not trace
     although it may be a residual block (``strict=True`` makes this an error)."""
-
-
-_Place = tuple[str, nn.Module, "nn.Module | None", list[nn.Module]]  # name, module, channel layer, dims scopes
-
-
-def _places(model: nn.Module, where: str | Callable[[str, nn.Module], bool]
-            ) -> tuple[list[_Place], list[str]]:
-    """Each module whose output gets a gate, and (for "blocks") the untraced modules that may be blocks."""
-    gates = [name for name, _ in find_attention(model)]
-    modules = [(n, m) for n, m in model.named_modules() if not any(n == g or n.startswith(f"{g}.") for g in gates)]
-    if callable(where):
-        return [(n, m, _out_layer(m), [m, model]) for n, m in modules if where(n, m)], []
-    if where == "convs":
-        return [(n, m, m, []) for n, m in modules if isinstance(m, nn.modules.conv._ConvNd)], []
-    places, untraceable, blocks = [], [], []
-    for n, m in modules:
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.ModuleList, nn.ModuleDict)) or _convs(m) == 0:
-            continue  # a conv or a container without forward is no block
-        try:
-            branches = _residual_branches(m)
-        except _BranchError as e:
-            raise ValueError(f"add_attention(where='blocks'): block {n or type(m).__name__!r}: {e}") from None
-        except Exception as e:  # noqa: BLE001 - fx cannot trace every forward; report them all
-            untraceable.append((n, m, f"{n or '<root>'!r} ({type(m).__name__}: {type(e).__name__})"))
-            continue
-        blocks += [n] if branches else []
-        for b, layer in branches:
-            name = f"{n}.{b}" if n else b
-            places.append((name, model.get_submodule(name), layer, [m, model]))
-    if not places:
-        hint = f"; torch.fx could not trace: {', '.join(u for _, _, u in untraceable[:5])}" if untraceable else ""
-        raise ValueError(
-            f"add_attention(where='blocks') found no residual block in {type(model).__name__}: no module's "
-            f"forward adds a convolutional branch to its own input{hint}. "
-            "Use where='convs' or a callable (name, module) -> bool"
-        )
-    return places, [u for n, m, u in untraceable if _may_be_block(n, m, blocks)]
-
-
-def _may_be_block(name: str, m: nn.Module, blocks: list[str]) -> bool:
-    """An untraced module may hide a residual block unless it holds found blocks (a stage, an
-    encoder, the model) or its convolutions cannot add up to one: a single conv that changes
-    the channel count (a stem) cannot be a branch added to its own input."""
-    if any(not name or b == name or b.startswith(f"{name}.") for b in blocks):
-        return False
-    convs = [c for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
-    return len(convs) > 1 or convs[0].in_channels == convs[0].out_channels
 
 
 def _identity_init(gate: nn.Module, kind: str) -> None:
@@ -344,7 +180,7 @@ def add_attention(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
-    found, untraced = _places(model, where)
+    found, untraced = find_places(model, where, [name for name, _ in find_attention(model)])
     if untraced and strict:
         raise ValueError(f"add_attention(where='blocks', strict=True) could not trace {', '.join(untraced)} with "
                          "torch.fx; each may be a residual block: gate it with where=callable, or make its "
@@ -360,13 +196,13 @@ def add_attention(
         if layer is None:
             raise ValueError(f"cannot tell the channel count after {name!r} ({type(target).__name__}); "
                              "select modules that end in a convolution or normalisation layer")
-        dims = kwargs.get("dims", _spatial_dims(layer, scopes))
+        dims = kwargs.get("dims", spatial_dims(layer, scopes))
         if dims is None:
             raise ValueError(f"cannot tell whether the feature maps after {name!r} ({type(target).__name__}) are "
                              "1-, 2- or 3-D: pass dims=1, 2 or 3")
         if any(isinstance(h, _ApplyGate) for h in target._forward_hooks.values()):
             raise ValueError(f"{name!r} already has a gate from add_attention")
-        places.append((name, target, _own_channels(layer), dims))
+        places.append((name, target, own_channels(layer), dims))
     gates = []  # build every gate before touching the model, so a bad kwarg changes nothing
     for name, target, channels, dims in places:
         p = next(target.parameters(), None)
