@@ -8,6 +8,7 @@ definitions.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import weakref
 
@@ -198,16 +199,26 @@ def test_nonlocal_holds_at_most_one_score_matrix_per_sample(mode, forward_matric
     del out
 
 
-def test_nonlocal_gate_is_the_recorded_sdpa_map():
-    """The recorder's SDPA capture sees the embedded Gaussian's call (without autograd: with it,
-    attnzoo's CPU path calls torch's kernel below `F.scaled_dot_product_attention`, where the
-    capture does not look); its weights, with a head dim of 1, are `gate`."""
-    m = randomise(NonLocal(6), 3).eval()
-    x = rand(2, 6, 5, 4, dtype=torch.float32)
-    with az.AttentionRecorder(m, sdpa=True) as rec, torch.no_grad():
-        m(x)
-    (record,) = rec.maps
-    torch.testing.assert_close(record.tensor[:, 0], m.gate(x))
+@pytest.mark.parametrize("mode", NONLOCAL_MODES)
+@pytest.mark.parametrize("sub_sample", [False, True])
+def test_recorder_records_the_nonlocal_map_with_and_without_autograd(mode, sub_sample):
+    """The recorder records NonLocal's map f / C(x) (B, N, M), `gate(x)`, once per forward, the
+    same with autograd (training, an input that requires grad) and under `torch.no_grad()`:
+    the fused forward never forms the map, and its SDPA call is not recorded a second time."""
+    m = randomise(NonLocal(6, mode=mode, sub_sample=sub_sample), 3)  # float32, training
+    x = rand(2, 6, 4, 6, dtype=torch.float32)
+    want = nonlocal_map(copy.deepcopy(m).double(), x.double())[0]  # (B, N, M), float64
+    recorded = []
+    for grad in (False, True):
+        xi = x.clone().requires_grad_(grad)
+        with az.AttentionRecorder(m) as rec, torch.set_grad_enabled(grad):
+            out = m(xi)
+        assert out.requires_grad == grad
+        assert [(r.name, r.kind, r.module, r.call) for r in rec.maps] == [("", "gate", "NonLocal", 0)]
+        recorded.append(rec.maps[0].tensor)
+    assert torch.equal(recorded[0], recorded[1])
+    assert recorded[0].shape == (2, 24, 6 if sub_sample else 24) and recorded[0].dtype == torch.float32
+    torch.testing.assert_close(recorded[0].double(), want, atol=1e-6, rtol=1e-5)
 
 
 def test_nonlocal_rejects_bad_arguments():

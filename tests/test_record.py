@@ -1,5 +1,7 @@
 """AttentionRecorder: unchanged outputs, shapes, names, caller's requests, hook cleanup."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -330,6 +332,39 @@ def test_any_module_with_a_gate_method_is_recorded():
     _assert_no_hooks(model)
     assert all("gate" not in m.__dict__ for m in model.modules())  # the patches are gone
     assert isinstance(model[1].gate, nn.Linear)
+
+
+class NonLocalNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.block = az.NonLocal(8)
+        nn.init.normal_(self.block.bn.weight)  # not the identity start: the output depends on the map
+
+    def forward(self, x):
+        return self.block(self.conv(x))
+
+
+def test_nonlocal_is_recorded_from_its_input_once_per_forward():
+    """NonLocal's forward never forms its map: each recorder calls the class's `gate` on the
+    block's input after the forward. Output and BatchNorm statistics as unrecorded; one record
+    per forward and recorder (nested ones too), none past `max_calls`, none from its SDPA call."""
+    torch.manual_seed(5)
+    model = NonLocalNet().train()
+    plain = copy.deepcopy(model)
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+    ref = [plain(x) for _ in range(3)]
+    with AttentionRecorder(model, max_calls=2) as outer, AttentionRecorder(model) as inner:
+        got = [model(x) for _ in range(3)]
+    assert all(torch.equal(g, r) for g, r in zip(got, ref))
+    for stat in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(model.block.bn, stat), getattr(plain.block.bn, stat))
+    assert [(m.name, m.kind, m.module, m.call) for m in inner.maps] == [("block", "gate", "NonLocal", c) for c in range(3)]
+    assert [m.call for m in outer.maps] == [0, 1] and outer.names == inner.names == ["block"]
+    assert torch.equal(inner["block"][0], model.block.gate(model.conv(x)).detach())
+    assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(outer.maps, inner.maps))
+    _assert_no_hooks(model)
+    assert "gate" not in model.block.__dict__
 
 
 # --------------------------------------------------------------------------- threads

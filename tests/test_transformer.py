@@ -1,9 +1,12 @@
 """Transformer layers, KV cache and Seq2SeqTransformer: torch parity, cache exactness, masks, errors."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
 
 from attnzoo.kvcache import KVCache
 from attnzoo.transformer import Seq2SeqTransformer, TransformerDecoderLayer, TransformerEncoderLayer
@@ -355,6 +358,34 @@ def test_bad_arguments_are_named():
         TransformerEncoderLayer(8, 2)(torch.randn(8))
     with pytest.raises(TypeError, match="memory"):
         TransformerDecoderLayer(8, 2)(torch.randn(1, 2, 8), torch.ones(1, 2, 8, dtype=torch.long))
+
+
+def test_token_ids_out_of_range_are_named_with_the_value():
+    model = _model(11)
+    src = _padded_src(11)
+    with pytest.raises(ValueError, match=re.escape("tgt token ids must be in [0, 19), got 19")):
+        model(src, torch.full((4, 3), 19))
+    with pytest.raises(ValueError, match=re.escape("src token ids must be in [0, 23), got -1")):
+        model.encode(src.index_fill(1, torch.tensor([2]), -1))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_on_meta_and_fake_tensors_gives_shapes(training):
+    """No values to read (meta init, FakeTensorMode, torch.export): the token-id range check
+    is skipped, the shape checks are not, and the forward gives the logits' shape."""
+    with torch.device("meta"):
+        model = _model(3, dtype=torch.float32).train(training)
+        src, tgt = torch.zeros(4, 9, dtype=torch.long), torch.zeros(4, 6, dtype=torch.long)
+    memory, pad = model.encode(src)
+    assert memory.is_meta and memory.shape == (4, 9, 32) and pad.shape == (4, 9) and pad.dtype == torch.bool
+    logits = model(src, tgt)
+    assert logits.is_meta and logits.shape == (4, 6, 19) and logits.dtype == torch.float32
+    with pytest.raises(ValueError, match=re.escape("tgt must have shape (B, length), 1 <= length <= max_len=40")):
+        model(src, torch.zeros(4, 41, dtype=torch.long, device="meta"))
+    real = _model(3, dtype=torch.float32).train(training)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        logits = real(_padded_src(3), torch.ones(4, 6, dtype=torch.long))
+    assert is_fake(logits) and logits.shape == (4, 6, 19)
 
 
 # ------------------------------------------------------------------------ training

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.fx
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -99,6 +100,18 @@ def is_tracing(x: object) -> bool:
     ``torch.compile`` see real (fake) tensors and keep the checks.
     """
     return isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing()
+
+
+def holds_no_values(x: Tensor) -> bool:
+    """True where the values of ``x`` cannot be read, so checks on them (``.any()``,
+    ``.item()``) are skipped and only its shape and dtype are checked.
+
+    That is a tensor on the ``meta`` device (shape inference, models built under
+    ``torch.device("meta")``), a FakeTensor (``FakeTensorMode``, ``torch.export``), or a
+    forward being traced (see `is_tracing`). ``torch.compile`` keeps the checks: Dynamo
+    runs the value test eagerly, outside the graph.
+    """
+    return x.is_meta or is_fake(x) or is_tracing(x)
 
 
 def check_feature_map(name: str, x: object, dims: int, owner: str) -> int:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_dropout, check_positive_int, check_tensor
+from ._checks import check_dropout, check_positive_int, check_tensor, holds_no_values
 from ._decode_graph import GraphedStep, graph_blocker
 from .attention import MultiHeadAttention, is_fx_symbolic_tracing
 from .kvcache import DecodeState, KVCache, MemoryKV, attend_cached, attend_memory, project_memory
@@ -387,6 +387,8 @@ class Seq2SeqTransformer(nn.Module):
         if x.dim() != 2 or 0 in x.shape or x.size(1) > self.max_len:
             raise ValueError(f"{name} must have shape (B, length), 1 <= length <= max_len={self.max_len}, "
                              f"got {tuple(x.shape)}")
+        if holds_no_values(x):  # meta, fake or traced: the ids cannot be read
+            return x
         bad = (x < 0) | (x >= vocab)
         if bad.any():
             raise ValueError(f"{name} token ids must be in [0, {vocab}), got {x[bad][0].item()}")

@@ -103,6 +103,8 @@ class NonLocal(nn.Module):
     """
 
     retrofit_error: str | None = None  # add_attention may put it after an existing layer
+    forward_calls_gate = False  # forward never forms the map: a recorder calls gate(x) (attnzoo.maps.hooks)
+    gate_kind = "gate"  # recorded as (B, N, M), whatever the shapes
 
     def __init__(self, channels: int, reduction: int = 2, *, mode: str = "embedded_gaussian",
                  sub_sample: bool = False, norm: bool = True, use_scale: bool = False, dims: int = 2,

@@ -45,6 +45,7 @@ from torch.utils.hooks import RemovableHandle
 from ..attention import MultiHeadAttention
 from .._weights import RowIndex, _row_index, attention_weights
 from ..functional import fused_output
+from .hooks import module_kind
 
 __all__ = ["SDPACall", "ModuleStack", "SDPACapture", "packed_gqa", "sdpa_weights", "weights_numel", "patch_attend"]
 
@@ -148,7 +149,8 @@ class ModuleStack:
 
     ``top()`` is the innermost ``(name, module)`` or None outside the model's forward.
     ``covered`` counts running modules whose attention is recorded some other way (attnzoo's
-    ``MultiHeadAttention`` and ``nn.MultiheadAttention``, recorded by their own hooks), so
+    ``MultiHeadAttention`` and ``nn.MultiheadAttention``, recorded by their own hooks, and
+    gates, recorded as their ``gate`` map: `attnzoo.maps.hooks`), so
     their internal SDPA calls are not recorded a second time. While such a module runs,
     ``mode`` (the recorder's `SDPACapture`, once set) is switched off when it is the
     innermost mode, so the module runs exactly as unrecorded: ``nn.MultiheadAttention``, for
@@ -159,7 +161,7 @@ class ModuleStack:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.stack: list[tuple[str, nn.Module, bool]] = []  # (name, module, mode switched off)
+        self.stack: list[tuple[str, nn.Module, bool, bool]] = []  # (name, module, mode switched off, covered)
         self.covered = 0
         self.mode: TorchFunctionMode | None = None
         self.thread = threading.get_ident()
@@ -167,21 +169,21 @@ class ModuleStack:
         try:
             for name, module in model.named_modules():
                 # prepend: of nested recorders, the inner (newer) one switches its mode off first
-                self._handles.append(module.register_forward_pre_hook(self._push(name), prepend=True))
+                self._handles.append(module.register_forward_pre_hook(self._push(name, _covered(module)),
+                                                                      prepend=True))
                 self._handles.append(module.register_forward_hook(self._pop, always_call=True))
         except BaseException:
             self.remove()
             raise
 
-    def _push(self, name: str) -> Callable:
+    def _push(self, name: str, covered: bool) -> Callable:
         def pre(module: nn.Module, args: tuple) -> None:
             if not self.mine():
                 return
-            covered = _covered(module)
             off = covered and self.mode is not None and _get_current_function_mode() is self.mode
             if off:
                 _pop_mode()
-            self.stack.append((name, module, off))
+            self.stack.append((name, module, off, covered))
             self.covered += covered
         return pre
 
@@ -192,7 +194,7 @@ class ModuleStack:
             if self.stack[i][1] is module:
                 if self.stack[i][2]:
                     _push_mode(self.mode)
-                self.covered -= _covered(module)
+                self.covered -= self.stack[i][3]
                 del self.stack[i]
                 return
 
@@ -217,7 +219,7 @@ class ModuleStack:
         return self.stack[-1][:2] if self.stack else None
 
     def running(self, module: nn.Module) -> bool:
-        return any(m is module for _, m, _ in self.stack)
+        return any(entry[1] is module for entry in self.stack)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -228,7 +230,7 @@ class ModuleStack:
 
 
 def _covered(module: nn.Module) -> bool:
-    return isinstance(module, (MultiHeadAttention, nn.MultiheadAttention))
+    return isinstance(module, (MultiHeadAttention, nn.MultiheadAttention)) or module_kind(module) == "gate"
 
 
 def patch_attend(module: MultiHeadAttention, stack: ModuleStack, want: Callable[[], bool],

@@ -15,7 +15,12 @@ What a module is (``module_kind``), checked in this order:
   class attribute ``gate_kind`` when it has one, else read off the shapes: ``"channel"``
   when the gate keeps x's channels (dim 1) and is 1 everywhere after, (B, C, 1, 1);
   ``"spatial"`` when it has one channel, (B, 1, H, W); ``"gate"`` otherwise. A new gate
-  class is so recorded without the recorder naming it.
+  class is so recorded without the recorder naming it. A class whose ``forward`` never
+  forms its map (``NonLocal``: a fused kernel, no (N, M) matrix) says so with the class
+  attribute ``forward_calls_gate = False``; its ``gate`` must then read only parameters
+  (no running statistics), and the recorder calls it on the input of each forward
+  (`gate_after_forward`). Either way a gate's own SDPA calls are not recorded again
+  (`attnzoo.maps.capture.ModuleStack`): in and out of ``torch.no_grad()``, one record.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from ..attention import MultiHeadAttention
 from ..temporal import TemporalAttention
 
-__all__ = ["module_kind", "gate_kind", "patch_gate", "hook_attention", "Flag", "claim_modules"]
+__all__ = ["module_kind", "gate_kind", "patch_gate", "gate_after_forward", "hook_attention", "Flag", "claim_modules"]
 
 
 def _is_gate(module: nn.Module) -> bool:
@@ -86,6 +92,27 @@ def patch_gate(module: nn.Module, record: Callable[[Any, Tensor], None]) -> Call
         else:
             module.__dict__["gate"] = previous
     return undo
+
+
+def gate_after_forward(module: nn.Module, want: Callable[[], bool],
+                       record: Callable[[Any, Tensor], None]) -> RemovableHandle | None:
+    """For a gate whose ``forward`` does not call ``gate`` (class attribute ``forward_calls_gate =
+    False``): a forward hook handing ``(x, type(module).gate(module, x))`` to ``record`` when
+    ``want()``; None for any other module.
+
+    ``x`` is the forward's first argument (or keyword ``x``). The class's own method is called,
+    not the instance's patches: each recorder (nested ones too) records one map per forward.
+    """
+    if getattr(type(module), "forward_calls_gate", True) is not False:
+        return None
+    gate = type(module).gate
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        x = args[0] if args else kwargs.get("x")
+        if isinstance(x, Tensor) and want():
+            record(x, gate(mod, x))
+
+    return module.register_forward_hook(hook, with_kwargs=True)
 
 
 class Flag:

@@ -22,7 +22,9 @@ modules: `attnzoo.maps.hooks`):
   ``x`` by; SE, channel and spatial attention, your own): the gate, kind ``"channel"``
   (B, C, 1, 1), ``"spatial"`` (B, 1, H, W), or the class's ``gate_kind``. A gate made of
   gates (``CBAM``) gives records for its parts, ``<name>.channel`` and ``<name>.spatial``;
-  a direct ``module.gate(x)`` is recorded too.
+  a direct ``module.gate(x)`` is recorded too. ``NonLocal``, whose forward never forms
+  its (B, N, M) map, is recorded as ``gate(x)`` of each forward's input (see
+  `attnzoo.maps.hooks`), the same map with and without autograd.
 * ``"temporal"``: ``TemporalAttention``: its weights over time, (B, T) or (B, Q, T).
 
 Outputs do not change: where the caller did not ask for weights, attnzoo modules still
@@ -57,7 +59,7 @@ from torch.utils.hooks import RemovableHandle
 from ..attention import MultiHeadAttention
 from .._weights import RowIndex, _row_index
 from .capture import ModuleStack, SDPACapture, packed_gqa, patch_attend, sdpa_weights, weights_numel
-from .hooks import claim_modules, gate_kind, hook_attention, module_kind, patch_gate
+from .hooks import claim_modules, gate_after_forward, gate_kind, hook_attention, module_kind, patch_gate
 from .store import load_maps, save_maps
 
 __all__ = ["AttentionMap", "AttentionRecorder"]
@@ -160,7 +162,11 @@ class AttentionRecorder:
                 elif kind == "temporal":
                     self._add_hook(module.gate_act.register_forward_hook(self._temporal_hook(name, module)))
                 else:
-                    self._undo.append(patch_gate(module, self._gate_record(name, module)))
+                    record = self._gate_record(name, module)
+                    self._undo.append(patch_gate(module, record))
+                    hook = gate_after_forward(module, lambda n=name: self._mine() and not self._full(n), record)
+                    if hook is not None:  # forward never forms the map (NonLocal): gate(x) after it
+                        self._add_hook(hook)
                 self.names.append(name)
             self._start_capture()
         except BaseException:
