@@ -35,9 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._fused_autograd import _FLASH
+
 __all__ = ["Band", "BandAttention", "plan", "toeplitz_tile"]
 
-_FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 # Query rows per band block in the forward and the backward: short blocks waste fewer
 # scores at the window's edges (lk = bq + W - 1 keys per row for W visible) and are
 # batched anyway, but torch's CPU backward is slower per score on short blocks.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+from ._fused_autograd import _FLASH
 
 
 class Blockwise(torch.autograd.Function):

@@ -212,11 +212,12 @@ class _Blocks:
         if self.L == 0 or self.S == 0:  # nothing to score: 0, through plain ops (gradients stay defined)
             return math_attention(self.q, self.k, self.v, None, 0.0, False, self.scale)[0]
         grad = wants_grad(self.q, self.k, self.v)
-        band = band_plan(self) if p == 0.0 and not (grad and self.tiles_want_grad()) else None
+        tile_grad = grad and self.tiles_want_grad()  # a learned bias: autograd through the tiles
+        band = band_plan(self) if p == 0.0 and not tile_grad else None
         if band is not None:  # a window: few calls over views, no copies (`attnzoo._band`)
             return BandAttention.apply(self.q, self.k, self.v, band) if grad else band.forward()[0]
         groups = self.groups()
-        if p == 0.0 and not self.math and grad and not self.tiles_want_grad():
+        if p == 0.0 and not self.math and grad and not tile_grad:
             # the backward recomputes each group: nothing per block is kept for it
             return Blockwise.apply(self.q, self.k, self.v, self, groups)
         if not grad:  # straight into one buffer, no cat
